@@ -1,0 +1,158 @@
+"""POSIX access ACLs on directory descriptors, read and written as the kernel's xattr.
+
+Imports no certbot and needs no ``libacl``: the ``system.posix_acl_access``
+xattr is a little-endian u32 version (2) followed by (u16 tag, u16 perm,
+u32 id) entries sorted by tag, then id. Named entries need a MASK entry; the
+kernel shows the mask as the group bits of ``st_mode``.
+
+Used for one thing: letting one user or group *search* (``x``) a directory that
+is otherwise closed (Certbot's ``live/`` and ``archive/`` are 0700), without
+letting it list the directory and without giving anyone else anything.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+from dataclasses import dataclass
+
+ACL_XATTR = "system.posix_acl_access"
+_VERSION = 2
+_HEADER = struct.Struct("<I")
+_ENTRY = struct.Struct("<HHI")
+
+USER_OBJ = 0x01
+USER = 0x02
+GROUP_OBJ = 0x04
+GROUP = 0x08
+MASK = 0x10
+OTHER = 0x20
+UNDEFINED_ID = 0xFFFFFFFF
+
+READ, WRITE, SEARCH = 4, 2, 1
+_GROUP_CLASS = (USER, GROUP_OBJ, GROUP)
+
+
+@dataclass(frozen=True, order=True)
+class AclEntry:
+    tag: int
+    qualifier: int
+    perm: int
+
+
+def decode(data: bytes) -> list[AclEntry]:
+    (version,) = _HEADER.unpack_from(data)
+    if version != _VERSION or (len(data) - _HEADER.size) % _ENTRY.size:
+        raise ValueError(f"unknown POSIX ACL format (version {version}, {len(data)} bytes)")
+    return [AclEntry(tag, qualifier, perm) for tag, perm, qualifier
+            in _ENTRY.iter_unpack(data[_HEADER.size:])]
+
+
+def encode(entries: list[AclEntry]) -> bytes:
+    return _HEADER.pack(_VERSION) + b"".join(
+        _ENTRY.pack(e.tag, e.perm, e.qualifier) for e in sorted(entries))
+
+
+def read_acl(fd: int) -> list[AclEntry] | None:
+    """The extended access ACL of ``fd``, or None when it has only mode bits."""
+    try:
+        return decode(os.getxattr(fd, ACL_XATTR))
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
+def _minimal_from_mode(mode: int) -> list[AclEntry]:
+    return [AclEntry(USER_OBJ, UNDEFINED_ID, (mode >> 6) & 7),
+            AclEntry(GROUP_OBJ, UNDEFINED_ID, (mode >> 3) & 7),
+            AclEntry(OTHER, UNDEFINED_ID, mode & 7)]
+
+
+def _perm(entries: list[AclEntry], tag: int, qualifier: int = UNDEFINED_ID) -> int | None:
+    for e in entries:
+        if e.tag == tag and e.qualifier == qualifier:
+            return e.perm
+    return None
+
+
+def named_entries(fd: int) -> list[AclEntry]:
+    """Named user and group entries of ``fd``'s access ACL (empty without one)."""
+    return [e for e in (read_acl(fd) or []) if e.tag in (USER, GROUP)]
+
+
+def group_perms(st: os.stat_result, acl: list[AclEntry] | None, gid: int) -> int:
+    """What a process whose only matching credential is group ``gid`` may do.
+
+    Follows the kernel's order: owning group or a named group entry (each
+    limited by the mask), else the others' class.
+    """
+    if acl is None:
+        if st.st_gid == gid:
+            return (st.st_mode >> 3) & 7
+        return st.st_mode & 7
+    mask = _perm(acl, MASK)
+    limit = 7 if mask is None else mask
+    matched = []
+    if st.st_gid == gid:
+        matched.append((_perm(acl, GROUP_OBJ) or 0) & limit)
+    named = _perm(acl, GROUP, gid)
+    if named is not None:
+        matched.append(named & limit)
+    if matched:
+        return max(matched, key=lambda p: p & SEARCH)
+    return _perm(acl, OTHER) or 0
+
+
+def user_perms(st: os.stat_result, acl: list[AclEntry] | None, uid: int) -> int:
+    """What user ``uid`` (not counting its groups) may do."""
+    if st.st_uid == uid:
+        return (st.st_mode >> 6) & 7
+    if acl is not None:
+        named = _perm(acl, USER, uid)
+        if named is not None:
+            mask = _perm(acl, MASK)
+            return named & (7 if mask is None else mask)
+        return _perm(acl, OTHER) or 0
+    return st.st_mode & 7
+
+
+def grant_search(fd: int, *, uid: int | None = None, gid: int | None = None) -> bool:
+    """Let user ``uid`` or group ``gid`` search the directory ``fd``; True if changed.
+
+    Adds (or widens) one named entry by ``x`` only. The mask grows by ``x`` and
+    nothing else: every other group-class entry is first cut to what the old
+    mask let it have, so no one else's effective access changes.
+    Raises OSError (EOPNOTSUPP) on a filesystem without ACL support.
+    """
+    if uid is not None and gid is not None:
+        raise ValueError("grant_search takes exactly one of uid or gid")
+    st = os.fstat(fd)
+    acl = read_acl(fd)
+    if uid is not None:
+        if user_perms(st, acl, uid) & SEARCH:
+            return False
+        tag, qualifier = USER, uid
+    elif gid is not None:
+        if group_perms(st, acl, gid) & SEARCH:
+            return False
+        tag, qualifier = GROUP, gid
+    else:
+        raise ValueError("grant_search takes exactly one of uid or gid")
+    if acl is None:
+        acl = _minimal_from_mode(stat.S_IMODE(st.st_mode))
+    old_mask = _perm(acl, MASK)
+    if old_mask is None:  # no mask yet: the group class is exactly the owning group
+        old_mask = _perm(acl, GROUP_OBJ) or 0
+    entries = []
+    for e in acl:
+        if e.tag == MASK or (e.tag == tag and e.qualifier == qualifier):
+            continue
+        perm = e.perm & old_mask if e.tag in _GROUP_CLASS else e.perm
+        entries.append(AclEntry(e.tag, e.qualifier, perm))
+    current = _perm(acl, tag, qualifier) or 0
+    entries.append(AclEntry(tag, qualifier, (current & old_mask) | SEARCH))
+    entries.append(AclEntry(MASK, UNDEFINED_ID, old_mask | SEARCH))
+    os.setxattr(fd, ACL_XATTR, encode(entries))
+    return True

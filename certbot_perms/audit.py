@@ -1,0 +1,220 @@
+"""Audit a Certbot config dir for private keys readable too widely. Imports no certbot.
+
+Finds:
+- lineage keys (``archive/*/privkeyN.pem``) readable beyond their lineage's
+  spec (see :mod:`.records`), or beyond 0600 and root's where none is set;
+- keys with an extended ACL (a named user or group the mode does not show);
+- account keys (``accounts/**/private_key.json``) readable by anyone but their owner;
+- directories writable by others, and ``live/``, ``archive/``, ``accounts/``
+  open to others (Certbot makes them 0700).
+
+``fix=True`` tightens: a key of a lineage with a spec gets that spec (as
+``certbot-perms apply`` would); any other key and every account key loses
+group and others' bits; a directory loses others' bits and group write.
+Nothing is ever widened. Everything is opened relative to a directory
+descriptor with ``O_NOFOLLOW``; symlinks are reported, never followed.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import asdict, dataclass
+
+from certbot_perms import acl
+from certbot_perms.errors import PermsError
+from certbot_perms.lineage import PRIVKEY_NAME, ApplyReport, apply_to_key
+from certbot_perms.records import spec_for
+from certbot_perms.spec import KEY_MODE_OWNER_ONLY, PermSpec, exceeds
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+PRIVATE_DIRS = ("live", "archive", "accounts")
+DEFAULT_SPEC = PermSpec(uid=0, gid=0, mode=KEY_MODE_OWNER_ONLY, owner_name="root",
+                        group_name="root")
+
+
+@dataclass
+class Finding:
+    path: str
+    problem: str
+    fixed: bool = False
+
+    def line(self) -> str:
+        return f"{self.path}: {self.problem}{' [fixed]' if self.fixed else ''}"
+
+
+def _open_file(name: str, dir_fd: int) -> int | None:
+    try:
+        return os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+
+
+def _audit_dir(fd: int, path: str, private: bool, fix: bool, out: list[Finding]) -> None:
+    st = os.fstat(fd)
+    mode = stat.S_IMODE(st.st_mode)
+    bad = stat.S_IWOTH | (stat.S_IWGRP if st.st_gid != 0 else 0)
+    if private:
+        bad |= stat.S_IRWXO
+    if mode & bad:
+        what = "others" if mode & stat.S_IRWXO & bad else f"group {st.st_gid}"
+        finding = Finding(path, f"directory mode {mode:04o} opens it to {what} "
+                                f"(expected {'0700' if private else 'no group/other write'})")
+        if fix:
+            os.fchmod(fd, mode & ~bad)
+            finding.fixed = True
+        out.append(finding)
+
+
+def _audit_key(dir_fd: int, name: str, path: str, spec: PermSpec, has_spec: bool,
+               fix: bool, out: list[Finding]) -> None:
+    fd = _open_file(name, dir_fd)
+    if fd is None:
+        return  # a symlink: Certbot's own for a reused key; its target is audited itself
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            out.append(Finding(path, "not a regular file where a key should be"))
+            return
+        named = acl.named_entries(fd)
+        why = exceeds(spec, st.st_uid, st.st_gid, st.st_mode)
+        if named:
+            why = (why + "; " if why else "") + "an ACL grants access to " + ", ".join(
+                f"{'user' if e.tag == acl.USER else 'group'} {e.qualifier}" for e in named)
+    finally:
+        os.close(fd)
+    if why is None:
+        return
+    where = "its lineage's spec " + spec.describe() if has_spec else "0600 root (no spec set)"
+    finding = Finding(path, f"readable beyond {where}: {why}")
+    if fix:
+        if has_spec:
+            apply_to_key(dir_fd, name, spec, path, ApplyReport(lineage="", spec=spec))
+        else:
+            _tighten_to_owner(dir_fd, name)
+        finding.fixed = True
+    out.append(finding)
+
+
+def _tighten_to_owner(dir_fd: int, name: str) -> None:
+    fd = _open_file(name, dir_fd)
+    if fd is None:
+        return
+    try:
+        if acl.named_entries(fd):
+            os.removexattr(fd, acl.ACL_XATTR)
+        st = os.fstat(fd)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & (stat.S_IRUSR | stat.S_IWUSR))
+    finally:
+        os.close(fd)
+
+
+def _audit_archive(root_fd: int, config_dir: str, fix: bool, out: list[Finding]) -> None:
+    try:
+        archive_fd = os.open("archive", _DIR_FLAGS, dir_fd=root_fd)
+    except FileNotFoundError:
+        return
+    try:
+        with os.scandir(archive_fd) as entries:
+            lineages = sorted(e.name for e in entries)
+        for lineage in lineages:
+            shown = os.path.join(config_dir, "archive", lineage)
+            try:
+                lineage_fd = os.open(lineage, _DIR_FLAGS, dir_fd=archive_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    out.append(Finding(shown, "not a directory (a symlink?) in archive/; "
+                                              "not followed"))
+                    continue
+                raise
+            try:
+                _audit_dir(lineage_fd, shown, False, fix, out)
+                spec, _source = spec_for(config_dir, lineage)
+                for key in sorted(n for n in os.listdir(lineage_fd) if PRIVKEY_NAME.match(n)):
+                    _audit_key(lineage_fd, key, os.path.join(shown, key),
+                               spec or DEFAULT_SPEC, spec is not None, fix, out)
+            finally:
+                os.close(lineage_fd)
+    finally:
+        os.close(archive_fd)
+
+
+def _audit_accounts(root_fd: int, config_dir: str, fix: bool, out: list[Finding]) -> None:
+    try:
+        accounts_fd = os.open("accounts", _DIR_FLAGS, dir_fd=root_fd)
+    except FileNotFoundError:
+        return
+    try:
+        for dirpath, dirnames, filenames, dfd in os.fwalk(dir_fd=accounts_fd):
+            shown_dir = os.path.normpath(os.path.join(config_dir, "accounts", dirpath))
+            for sub in dirnames:
+                with_fd = os.open(sub, _DIR_FLAGS, dir_fd=dfd)
+                try:
+                    _audit_dir(with_fd, os.path.join(shown_dir, sub), True, fix, out)
+                finally:
+                    os.close(with_fd)
+            if "private_key.json" not in filenames:
+                continue
+            path = os.path.join(shown_dir, "private_key.json")
+            fd = _open_file("private_key.json", dfd)
+            if fd is None:
+                out.append(Finding(path, "is a symlink; an account key should be a file"))
+                continue
+            try:
+                st = os.fstat(fd)
+                mode = stat.S_IMODE(st.st_mode)
+                if mode & (stat.S_IRWXG | stat.S_IRWXO) or acl.named_entries(fd):
+                    finding = Finding(path, f"account key mode {mode:04o} is readable beyond "
+                                            "its owner (expected 0400 or 0600)")
+                    if fix:
+                        if acl.named_entries(fd):
+                            os.removexattr(fd, acl.ACL_XATTR)
+                        os.fchmod(fd, mode & (stat.S_IRUSR | stat.S_IWUSR))
+                        finding.fixed = True
+                    out.append(finding)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(accounts_fd)
+
+
+def audit(config_dir: str, fix: bool = False) -> list[Finding]:
+    """Every finding in ``config_dir`` (fixed in place when ``fix``)."""
+    try:
+        root_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PermsError(f"{config_dir}: cannot open the certbot config dir: "
+                         f"{os.strerror(exc.errno or 0)} (give --config-dir)") from None
+    out: list[Finding] = []
+    try:
+        _audit_dir(root_fd, config_dir, False, fix, out)
+        for sub in PRIVATE_DIRS:
+            try:
+                fd = os.open(sub, _DIR_FLAGS, dir_fd=root_fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    out.append(Finding(os.path.join(config_dir, sub),
+                                       "is a symlink or not a directory; not followed"))
+                    continue
+                raise
+            try:
+                _audit_dir(fd, os.path.join(config_dir, sub), True, fix, out)
+            finally:
+                os.close(fd)
+        _audit_archive(root_fd, config_dir, fix, out)
+        _audit_accounts(root_fd, config_dir, fix, out)
+    except OSError as exc:
+        raise PermsError(f"{config_dir}: audit failed: {exc.strerror or exc} "
+                         f"({exc.filename or 'a file below it'})") from None
+    finally:
+        os.close(root_fd)
+    return out
+
+
+def as_json(findings: list[Finding]) -> list[dict[str, object]]:
+    return [asdict(f) for f in findings]

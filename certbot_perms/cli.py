@@ -1,0 +1,129 @@
+"""``certbot-perms``: apply a key spec from a deploy hook, or audit a config dir.
+
+The only module of this package that reads ``os.environ`` and turns errors
+into exit codes. Exit codes: 0 fine, 1 ``check`` found something, 2 bad input
+or a failure (one line on stderr says what, where and what to do).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from certbot_perms.audit import as_json, audit
+from certbot_perms.errors import PermsError
+from certbot_perms.lineage import apply_key_permissions, split_lineage_ref
+from certbot_perms.records import record_spec, spec_for
+from certbot_perms.spec import PermSpec, parse_spec
+
+DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
+EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certbot-perms",
+        description="Give Certbot lineages' private keys the owner, group and mode their "
+                    "daemons need, and audit a config dir for keys readable too widely.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    apply = sub.add_parser(
+        "apply", help="apply a key spec to lineages (for --deploy-hook)",
+        description="Apply a key owner/group/mode to lineages and let that owner and group "
+                    "reach live/<name>/privkey.pem. With options, the spec is also recorded "
+                    "(<config-dir>/certbot-perms/<name>.conf) so a later run without options, "
+                    "such as the deploy hook, re-applies it.")
+    apply.add_argument("lineages", nargs="*", metavar="LINEAGE",
+                       help="lineage name or live directory (default: $RENEWED_LINEAGE)")
+    apply.add_argument("--key-owner", metavar="USER", help="owner: user name or uid")
+    apply.add_argument("--key-group", metavar="GROUP", help="group: group name or gid")
+    apply.add_argument("--key-mode", metavar="MODE",
+                       help="octal mode, at most 0640 (default 0640 with --key-group, else 0600)")
+    apply.add_argument("--config-dir", default=None,
+                       help=f"certbot config dir (default: from LINEAGE's path, else "
+                            f"{DEFAULT_CONFIG_DIR})")
+
+    check = sub.add_parser(
+        "check", help="audit keys and directories (exit 1 if anything is found)",
+        description="Report every private key readable beyond its lineage's spec (or beyond "
+                    "0600 root where none is set), world-readable account keys and unsafe "
+                    "directory modes. Exit 1 when something is found, for monitoring.")
+    check.add_argument("--fix", action="store_true", help="tighten what is found")
+    check.add_argument("--json", action="store_true", help="print findings as JSON")
+    check.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR,
+                       help=f"certbot config dir (default: {DEFAULT_CONFIG_DIR})")
+    return parser
+
+
+def _given_spec(args: argparse.Namespace) -> PermSpec | None:
+    if args.key_owner is None and args.key_group is None and args.key_mode is None:
+        return None
+    return parse_spec(args.key_owner, args.key_group, args.key_mode)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    refs = list(args.lineages)
+    if not refs:
+        renewed = os.environ.get("RENEWED_LINEAGE")
+        if not renewed:
+            raise PermsError("no lineage given and $RENEWED_LINEAGE is not set "
+                             "(name a lineage, or run this as certbot's --deploy-hook)")
+        refs = [renewed]
+    given = _given_spec(args)  # validated before anything is touched
+    targets = []
+    for ref in refs:
+        config_dir, name = split_lineage_ref(ref, args.config_dir or DEFAULT_CONFIG_DIR)
+        if args.config_dir and "/" in ref and os.path.abspath(config_dir) != os.path.abspath(
+                args.config_dir):
+            raise PermsError(f"{ref}: not under --config-dir {args.config_dir}")
+        if not os.path.isdir(os.path.join(config_dir, "live", name)):
+            raise PermsError(f"{os.path.join(config_dir, 'live', name)}: no such lineage "
+                             "(see 'certbot certificates' for the names)")
+        spec = given
+        if spec is None:
+            spec, _source = spec_for(config_dir, name)
+            if spec is None:
+                raise PermsError(f"lineage {name}: no key spec recorded (run once: "
+                                 f"certbot-perms apply --key-group GROUP {name})")
+        targets.append((config_dir, name, spec))
+    for config_dir, name, spec in targets:
+        report = apply_key_permissions(config_dir, name, spec)
+        if given is not None:
+            record_spec(config_dir, name, spec)
+        for line in report.changed:
+            print(line)
+        for line in report.warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        print(f"lineage {name}: keys are {spec.describe()}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    findings = audit(args.config_dir, fix=args.fix)
+    if args.json:
+        print(json.dumps({"config_dir": args.config_dir, "findings": as_json(findings)},
+                         indent=2))
+    else:
+        for finding in findings:
+            print(finding.line())
+        if not findings:
+            print(f"{args.config_dir}: no key readable beyond its spec, no unsafe directory")
+    remaining = [f for f in findings if not f.fixed]
+    return EXIT_FOUND if remaining else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "apply":
+            return cmd_apply(args)
+        return cmd_check(args)
+    except PermsError as exc:
+        print(f"certbot-perms: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""Apply a :class:`~certbot_perms.spec.PermSpec` to one Certbot lineage on disk.
+
+Imports no certbot. Works on descriptors: the config dir is opened once, every
+directory and key below it is opened relative to its parent with
+``O_NOFOLLOW``, so a symlink planted in ``archive/`` is never followed, and
+``fchown``/``fchmod`` act on exactly the inode that was checked.
+
+What a lineage needs, for a daemon running as the key's owner or in its group:
+1. every ``archive/<name>/privkeyN.pem`` (old ones too: old Certbot releases
+   wrote them 0644) gets the spec's owner, group and mode, in an order that
+   never opens the key to anyone outside the final spec (see :func:`apply_to_key`);
+2. the directories on the way to ``live/<name>/privkey.pem`` and its target
+   let that owner and group *search* them (``x``, not list), through one POSIX
+   ACL entry each where they do not already; Certbot keeps ``live/`` and
+   ``archive/`` 0700, and opening them 0711 would open them to everyone;
+3. before a directory on the archive side is first opened to a group, any
+   key in ``archive/`` that gives *others* access (0644 from old releases)
+   loses those bits: until then the 0700 ``archive/`` was all that protected
+   it, and the newly admitted group must not read another lineage's key.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from certbot_perms import acl
+from certbot_perms.errors import LineageError, PermsError
+from certbot_perms.spec import PermSpec
+
+PRIVKEY_NAME = re.compile(r"^privkey[0-9]+\.pem$")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted under a key's name must not hang the open.
+_KEY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class ChownRefused(PermsError):
+    """The kernel refused a chown (certbot not running as root)."""
+
+
+@dataclass
+class ApplyReport:
+    """What :func:`apply_key_permissions` changed, for the user to read."""
+
+    lineage: str
+    spec: PermSpec
+    changed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def split_lineage_ref(ref: str, config_dir: str) -> tuple[str, str]:
+    """A lineage name or a ``.../live/<name>`` path -> (config_dir, name)."""
+    if "/" not in ref:
+        name = ref
+    else:
+        live_dir = os.path.normpath(os.path.abspath(ref))
+        parent = os.path.dirname(live_dir)
+        if os.path.basename(parent) != "live":
+            raise LineageError(f"{ref}: not a lineage's live directory (expected "
+                               "<config-dir>/live/<name>, or give the lineage name)")
+        config_dir = os.path.dirname(parent)
+        name = os.path.basename(live_dir)
+    if name in ("", ".", "..") or name.startswith("."):
+        raise LineageError(f"{ref}: not a lineage name")
+    return config_dir, name
+
+
+@contextmanager
+def _opened(path: str, flags: int, dir_fd: int | None = None) -> Iterator[int]:
+    fd = os.open(path, flags, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_below(root_fd: int, relpath: str, shown: str) -> int:
+    """Open a directory below root_fd one component at a time, never following links."""
+    fd = os.dup(root_fd)
+    try:
+        for component in relpath.split("/"):
+            if component in ("", "."):
+                continue
+            if component == "..":
+                raise LineageError(f"{shown}: leaves the config dir; refusing")
+            try:
+                new_fd = os.open(component, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                raise LineageError(f"{shown}: does not exist") from None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise LineageError(f"{shown}: '{component}' is a symlink or not a "
+                                       "directory; refusing to follow it") from None
+                raise
+            os.close(fd)
+            fd = new_fd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def archive_relpath(live_fd: int, shown: str) -> str:
+    """Where the lineage's keys live, relative to the config dir, from its privkey link.
+
+    Certbot itself derives the archive dir from the link's target when it
+    updates links, so this follows the same rule (it allows a custom archive_dir).
+    """
+    try:
+        target = os.readlink("privkey.pem", dir_fd=live_fd)
+    except FileNotFoundError:
+        raise LineageError(f"{shown}/privkey.pem: missing; is this a certbot lineage?") from None
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise LineageError(f"{shown}/privkey.pem: is not a symlink into archive/; "
+                               "is this a certbot lineage?") from None
+        raise
+    return os.path.normpath(os.path.join("live", os.path.basename(shown),
+                                         os.path.dirname(target)))
+
+
+def _narrowed_mode(st: os.stat_result, spec: PermSpec) -> int:
+    """A mode that lets in nobody the current file or the final spec keeps out."""
+    mode = stat.S_IMODE(st.st_mode) & spec.mode
+    if st.st_uid != spec.uid:
+        mode &= ~stat.S_IRWXU
+    if st.st_gid != spec.gid:
+        mode &= ~stat.S_IRWXG
+    return mode
+
+
+def apply_to_key(dir_fd: int, name: str, spec: PermSpec, shown: str,
+                  report: ApplyReport) -> None:
+    """Give one key file the spec, never opening it wider than the final spec.
+
+    (1) open with O_NOFOLLOW: a symlink (Certbot's own links for a reused key,
+        or a planted one) is skipped, never followed; (2) drop any extended
+        ACL; (3) narrow the mode to the intersection of now and final;
+        (4) fchown; (5) fchmod to the final mode. Between (3) and (5) the
+        key is readable by a subset of both the old and the final readers.
+    """
+    try:
+        fd = os.open(name, _KEY_FLAGS, dir_fd=dir_fd)  # (1)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            report.warnings.append(f"{shown}: not a regular file; left alone")
+            return
+        had_acl = bool(acl.named_entries(fd))
+        before = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+        after = (spec.uid, spec.gid, spec.mode)
+        if before == after and not had_acl:
+            return
+        if had_acl:
+            os.removexattr(fd, acl.ACL_XATTR)  # (2)
+        narrow = _narrowed_mode(st, spec)
+        if narrow != before[2]:
+            os.fchmod(fd, narrow)  # (3)
+        if (st.st_uid, st.st_gid) != (spec.uid, spec.gid):
+            try:
+                os.fchown(fd, spec.uid, spec.gid)  # (4)
+            except PermissionError:
+                raise ChownRefused(
+                    f"{shown}: cannot give the key owner {spec.owner_name} and group "
+                    f"{spec.group_name}: chown is not permitted for uid {os.geteuid()} "
+                    f"(run as root); left it at mode {narrow:04o}") from None
+        os.fchmod(fd, spec.mode)  # (5)
+        report.changed.append(f"{shown}: {before[0]}:{before[1]} {before[2]:04o}"
+                              f"{' +acl' if had_acl else ''} -> {spec.describe()}")
+    finally:
+        os.close(fd)
+
+
+def _tighten_world_readable_keys(archive_root_fd: int, shown_root: str,
+                                 report: ApplyReport) -> None:
+    """Remove others' bits from every key under archive/ (step 3 of the module doc)."""
+    for lineage in sorted(os.listdir(archive_root_fd)):
+        try:
+            lineage_fd = os.open(lineage, _DIR_FLAGS, dir_fd=archive_root_fd)
+        except OSError:
+            continue  # not a directory, or a symlink: nothing of ours to protect there
+        try:
+            for entry in sorted(os.listdir(lineage_fd)):
+                if not PRIVKEY_NAME.match(entry):
+                    continue
+                try:
+                    with _opened(entry, _KEY_FLAGS, lineage_fd) as fd:
+                        st = os.fstat(fd)
+                        if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IRWXO:
+                            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~stat.S_IRWXO)
+                            report.changed.append(
+                                f"{shown_root}/{lineage}/{entry}: removed others' access "
+                                f"({stat.S_IMODE(st.st_mode):04o} -> "
+                                f"{stat.S_IMODE(st.st_mode) & ~stat.S_IRWXO:04o})")
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+        finally:
+            os.close(lineage_fd)
+
+
+def _grant_path(root_fd: int, config_dir: str, relpaths: list[str], spec: PermSpec,
+                report: ApplyReport) -> None:
+    """Let the spec's owner and group search every directory from the config dir down."""
+    principals: list[dict[str, int]] = []
+    if spec.mode & stat.S_IRUSR and spec.uid != 0:
+        principals.append({"uid": spec.uid})
+    if spec.mode & stat.S_IRGRP:
+        principals.append({"gid": spec.gid})
+    if not principals:
+        return
+    seen: set[tuple[int, int]] = set()
+    steps: list[tuple[str, str]] = [(".", config_dir)]
+    for rel in relpaths:
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            steps.append((sub, os.path.join(config_dir, sub)))
+    archive_top = relpaths[-1].split("/")[0]
+    tightened = False
+    for rel, shown in steps:
+        with _opened_dir(root_fd, rel, shown) as fd:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            for who in principals:
+                if not _can_search(fd, st, who):
+                    if not tightened and rel.split("/")[0] == archive_top and "gid" in who:
+                        with _opened_dir(root_fd, archive_top, os.path.join(
+                                config_dir, archive_top)) as top_fd:
+                            _tighten_world_readable_keys(top_fd, os.path.join(
+                                config_dir, archive_top), report)
+                        tightened = True
+                    try:
+                        acl.grant_search(fd, **who)
+                    except OSError as exc:
+                        if exc.errno == errno.EOPNOTSUPP:
+                            raise PermsError(
+                                f"{shown}: the filesystem has no POSIX ACL support, so "
+                                f"{_who(who, spec)} cannot be let through without opening it "
+                                "to everyone (mount it with ACLs, or publish a copy of the "
+                                "key with certbot-atomic-deploy)") from None
+                        raise
+                    report.changed.append(f"{shown}: {_who(who, spec)} may now search "
+                                          "(ACL entry, x only)")
+
+
+@contextmanager
+def _opened_dir(root_fd: int, rel: str, shown: str) -> Iterator[int]:
+    fd = _open_below(root_fd, rel, shown)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _can_search(fd: int, st: os.stat_result, who: dict[str, int]) -> bool:
+    current = acl.read_acl(fd)
+    if "uid" in who:
+        return bool(acl.user_perms(st, current, who["uid"]) & acl.SEARCH)
+    return bool(acl.group_perms(st, current, who["gid"]) & acl.SEARCH)
+
+
+def _who(who: dict[str, int], spec: PermSpec) -> str:
+    return f"user {spec.owner_name}" if "uid" in who else f"group {spec.group_name}"
+
+
+def apply_key_permissions(config_dir: str, name: str, spec: PermSpec) -> ApplyReport:
+    """Give every key of lineage ``name`` the spec and let its readers reach it.
+
+    Idempotent: a lineage already in shape is opened and stat'ed, nothing else.
+    Raises :class:`LineageError` for a missing or untrustworthy lineage,
+    :class:`ChownRefused` when not privileged enough (keys are left narrowed,
+    never widened), :class:`PermsError` for anything else it cannot do.
+    """
+    report = ApplyReport(lineage=name, spec=spec)
+    try:
+        root_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LineageError(f"{config_dir}: cannot open the certbot config dir: "
+                           f"{os.strerror(exc.errno or 0)} (give --config-dir)") from None
+    try:
+        live_rel = f"live/{name}"
+        live_shown = os.path.join(config_dir, live_rel)
+        with _opened_dir(root_fd, live_rel, live_shown) as live_fd:
+            archive_rel = archive_relpath(live_fd, live_shown)
+        archive_shown = os.path.join(config_dir, archive_rel)
+        with _opened_dir(root_fd, archive_rel, archive_shown) as archive_fd:
+            keys = sorted((e for e in os.listdir(archive_fd) if PRIVKEY_NAME.match(e)),
+                          key=lambda e: int(e[7:-4]))
+            if not keys:
+                raise LineageError(f"{archive_shown}: no privkeyN.pem files; "
+                                   "is this a certbot lineage?")
+            for key in keys:
+                apply_to_key(archive_fd, key, spec, os.path.join(archive_shown, key), report)
+        _grant_path(root_fd, config_dir, [live_rel, archive_rel], spec, report)
+    except OSError as exc:
+        raise PermsError(f"{config_dir}: lineage {name}: {exc.strerror or exc} "
+                         f"({exc.filename or 'a key or directory'})") from None
+    finally:
+        os.close(root_fd)
+    return report

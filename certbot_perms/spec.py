@@ -1,0 +1,167 @@
+"""The permission spec of a lineage's private key: owner, group, mode.
+
+Imports no certbot. A :class:`PermSpec` is only ever built by :func:`parse_spec`,
+which validates everything before anything on disk is touched.
+
+Rules (a key is a secret, the mode may only ever narrow what the daemon needs):
+- owner and group are names or numeric ids; a name must exist on this system,
+  a number is taken as it is (containers often have ids without names);
+- the mode is octal (``0640``, ``640`` or ``0o640``); it may give others no
+  access at all, the group at most read, and no setuid, setgid or sticky bit;
+- defaults: owner and group that of the running process (what Certbot itself
+  writes); mode 0640 when a group is given, else 0600.
+"""
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import stat
+from dataclasses import dataclass
+
+from certbot_perms.errors import SpecError
+
+KEY_MODE_OWNER_ONLY = 0o600
+KEY_MODE_GROUP_READ = 0o640
+# Bits a key mode may never have: any access for others, group write/execute,
+# setuid/setgid/sticky.
+FORBIDDEN_KEY_BITS = (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP
+                      | stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)
+
+_OCTAL_MODE = re.compile(r"^(?:0o|0)?([0-7]{3,4})$")
+
+
+@dataclass(frozen=True)
+class PermSpec:
+    """Final owner, group and mode of every private key of a lineage."""
+
+    uid: int
+    gid: int
+    mode: int
+    owner_name: str
+    group_name: str
+
+    def describe(self) -> str:
+        return f"{self.owner_name}:{self.group_name} {self.mode:04o}"
+
+    def allows_group(self) -> bool:
+        return bool(self.mode & stat.S_IRGRP)
+
+    def as_options(self) -> dict[str, str]:
+        """The spec as option values, as a user would write them."""
+        return {"key-owner": self.owner_name, "key-group": self.group_name,
+                "key-mode": f"{self.mode:04o}"}
+
+
+def _name_of_uid(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _name_of_gid(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def resolve_user(value: str, option: str) -> tuple[int, str]:
+    """A user name or numeric uid -> (uid, display name)."""
+    value = value.strip()
+    if value.isdigit():
+        uid = int(value)
+        return uid, _name_of_uid(uid)
+    try:
+        return pwd.getpwnam(value).pw_uid, value
+    except KeyError:
+        raise SpecError(f"{option}: user '{value}' does not exist "
+                        "(create it, or give a numeric uid)") from None
+
+
+def resolve_group(value: str, option: str) -> tuple[int, str]:
+    """A group name or numeric gid -> (gid, display name)."""
+    value = value.strip()
+    if value.isdigit():
+        gid = int(value)
+        return gid, _name_of_gid(gid)
+    try:
+        return grp.getgrnam(value).gr_gid, value
+    except KeyError:
+        raise SpecError(f"{option}: group '{value}' does not exist "
+                        "(create it, e.g. 'groupadd --system NAME', or give a numeric gid)") from None
+
+
+def parse_mode(value: str, option: str) -> int:
+    """An octal key mode, refused if it opens the key beyond owner and group read."""
+    match = _OCTAL_MODE.match(value.strip())
+    if match is None:
+        raise SpecError(f"{option}: '{value}' is not an octal mode (write it like 0640 or 0600)")
+    mode = int(match.group(1), 8)
+    if mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
+        raise SpecError(f"{option}: {mode:04o} sets setuid, setgid or sticky bits, "
+                        "which a key never needs (use 0640 or 0600)")
+    if mode & stat.S_IRWXO:
+        raise SpecError(f"{option}: {mode:04o} gives other users access to the private key "
+                        "(use 0640 and a group the daemon is in, or 0600)")
+    if mode & (stat.S_IWGRP | stat.S_IXGRP):
+        raise SpecError(f"{option}: {mode:04o} lets the group write or execute the private key "
+                        "(the group needs read at most: use 0640)")
+    return mode
+
+
+def parse_spec(owner: str | None, group: str | None, mode: str | None,
+               option_prefix: str = "--") -> PermSpec:
+    """Validate the three options and return the spec they mean.
+
+    ``option_prefix`` names the options in errors as the user wrote them
+    (``--perms-`` for the certbot plugin, ``--`` for certbot-perms).
+    Raises :class:`SpecError` naming the option when any of them is unusable.
+    """
+    if owner is None and group is None and mode is None:
+        raise SpecError(f"nothing to apply: give {option_prefix}key-group, "
+                        f"{option_prefix}key-owner or {option_prefix}key-mode")
+    if owner is not None and owner.strip():
+        uid, owner_name = resolve_user(owner, f"{option_prefix}key-owner")
+    else:
+        uid = os.geteuid()
+        owner_name = _name_of_uid(uid)
+    if group is not None and group.strip():
+        gid, group_name = resolve_group(group, f"{option_prefix}key-group")
+        default_mode = KEY_MODE_GROUP_READ
+    else:
+        gid = os.getegid()
+        group_name = _name_of_gid(gid)
+        default_mode = KEY_MODE_OWNER_ONLY
+    if mode is not None and mode.strip():
+        key_mode = parse_mode(mode, f"{option_prefix}key-mode")
+    else:
+        key_mode = default_mode
+    return PermSpec(uid=uid, gid=gid, mode=key_mode, owner_name=owner_name, group_name=group_name)
+
+
+def exceeds(spec: PermSpec, uid: int, gid: int, mode: int) -> str | None:
+    """Why a key with this owner, group and mode is readable beyond ``spec``, or None.
+
+    Root reads everything anyway, so only the bits that open the key to someone
+    else count: others' bits, group bits for a group other than the spec's,
+    owner bits for an owner other than the spec's or root.
+    """
+    mode = stat.S_IMODE(mode)
+    if mode & stat.S_IRWXO:
+        return f"mode {mode:04o} gives other users access"
+    if mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
+        return f"mode {mode:04o} has setuid, setgid or sticky bits"
+    if mode & stat.S_IRWXG:
+        if gid != spec.gid:
+            return f"group {_name_of_gid(gid)} has access, the spec allows {spec.group_name}"
+        if mode & stat.S_IRWXG & ~spec.mode:
+            return f"mode {mode:04o} gives the group more than {spec.mode:04o}"
+    if mode & stat.S_IRWXU:
+        if uid != spec.uid and uid != 0:
+            return f"owner {_name_of_uid(uid)} has access, the spec says {spec.owner_name}"
+        if mode & stat.S_IRWXU & ~spec.mode:
+            return f"mode {mode:04o} gives the owner more than {spec.mode:04o}"
+    return None
