@@ -43,6 +43,7 @@ sendmail refuses unsafe parents.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -248,7 +249,8 @@ def write_file_atomic(dir_fd: int, name: str, data: bytes, *, uid: int, gid: int
             os.fchown(fd, uid, gid)
             os.fchmod(fd, mode)
         except OSError as exc:
-            raise write_failed(where, f"setting owner {uid}:{gid} and mode {mode:04o}", exc) from None
+            raise write_failed(where, f"setting owner {uid}:{gid} and mode {mode:04o}",
+                               exc) from None
         try:
             view = memoryview(data)  # (4)
             while view:
@@ -272,7 +274,5 @@ def write_file_atomic(dir_fd: int, name: str, data: bytes, *, uid: int, gid: int
         if fd >= 0:
             os.close(fd)
         if temp:
-            try:
+            with contextlib.suppress(OSError):  # else the next run's remove_leftovers does
                 os.unlink(temp, dir_fd=dir_fd)
-            except OSError:
-                pass  # the next run's remove_leftovers takes it

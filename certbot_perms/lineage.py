@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from certbot_perms import acl
 from certbot_perms.errors import LineageError, PermsError
-from certbot_perms.spec import PermSpec
+from certbot_perms.spec import PermSpec, name_of_gid, name_of_uid
 
 PRIVKEY_NAME = re.compile(r"^privkey[0-9]+\.pem$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -173,7 +173,8 @@ def apply_to_key(dir_fd: int, name: str, spec: PermSpec, shown: str,
                     f"{spec.group_name}: chown is not permitted for uid {os.geteuid()} "
                     f"(run as root); left it at mode {narrow:04o}") from None
         os.fchmod(fd, spec.mode)  # (5)
-        report.changed.append(f"{shown}: {before[0]}:{before[1]} {before[2]:04o}"
+        report.changed.append(f"{shown}: {name_of_uid(before[0])}:{name_of_gid(before[1])} "
+                              f"{before[2]:04o}"
                               f"{' +acl' if had_acl else ''} -> {spec.describe()}")
     finally:
         os.close(fd)

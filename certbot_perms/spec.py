@@ -54,14 +54,14 @@ class PermSpec:
                 "key-mode": f"{self.mode:04o}"}
 
 
-def _name_of_uid(uid: int) -> str:
+def name_of_uid(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
 
 
-def _name_of_gid(gid: int) -> str:
+def name_of_gid(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
@@ -73,7 +73,7 @@ def resolve_user(value: str, option: str) -> tuple[int, str]:
     value = value.strip()
     if value.isdigit():
         uid = int(value)
-        return uid, _name_of_uid(uid)
+        return uid, name_of_uid(uid)
     try:
         return pwd.getpwnam(value).pw_uid, value
     except KeyError:
@@ -86,12 +86,12 @@ def resolve_group(value: str, option: str) -> tuple[int, str]:
     value = value.strip()
     if value.isdigit():
         gid = int(value)
-        return gid, _name_of_gid(gid)
+        return gid, name_of_gid(gid)
     try:
         return grp.getgrnam(value).gr_gid, value
     except KeyError:
-        raise SpecError(f"{option}: group '{value}' does not exist "
-                        "(create it, e.g. 'groupadd --system NAME', or give a numeric gid)") from None
+        raise SpecError(f"{option}: group '{value}' does not exist (create it, e.g. "
+                        "'groupadd --system NAME', or give a numeric gid)") from None
 
 
 def parse_mode(value: str, option: str) -> int:
@@ -127,13 +127,13 @@ def parse_spec(owner: str | None, group: str | None, mode: str | None,
         uid, owner_name = resolve_user(owner, f"{option_prefix}key-owner")
     else:
         uid = os.geteuid()
-        owner_name = _name_of_uid(uid)
+        owner_name = name_of_uid(uid)
     if group is not None and group.strip():
         gid, group_name = resolve_group(group, f"{option_prefix}key-group")
         default_mode = KEY_MODE_GROUP_READ
     else:
         gid = os.getegid()
-        group_name = _name_of_gid(gid)
+        group_name = name_of_gid(gid)
         default_mode = KEY_MODE_OWNER_ONLY
     if mode is not None and mode.strip():
         key_mode = parse_mode(mode, f"{option_prefix}key-mode")
@@ -156,12 +156,12 @@ def exceeds(spec: PermSpec, uid: int, gid: int, mode: int) -> str | None:
         return f"mode {mode:04o} has setuid, setgid or sticky bits"
     if mode & stat.S_IRWXG:
         if gid != spec.gid:
-            return f"group {_name_of_gid(gid)} has access, the spec allows {spec.group_name}"
+            return f"group {name_of_gid(gid)} has access, the spec allows {spec.group_name}"
         if mode & stat.S_IRWXG & ~spec.mode:
             return f"mode {mode:04o} gives the group more than {spec.mode:04o}"
     if mode & stat.S_IRWXU:
         if uid != spec.uid and uid != 0:
-            return f"owner {_name_of_uid(uid)} has access, the spec says {spec.owner_name}"
+            return f"owner {name_of_uid(uid)} has access, the spec says {spec.owner_name}"
         if mode & stat.S_IRWXU & ~spec.mode:
             return f"mode {mode:04o} gives the owner more than {spec.mode:04o}"
     return None

@@ -2,25 +2,23 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from testbed import Certbot, Pebble
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "root: needs to run as root (real chown, real uids)")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.geteuid() == 0:
-        return
-    skip = pytest.mark.skip(reason="needs root: it changes real file owners")
-    for item in items:
-        if "root" in item.keywords:
-            item.add_marker(skip)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.geteuid() != 0:
+        pytest.exit("the suite runs as root: it changes real owners, creates real users and "
+                    "groups, and runs readers as other uids (run it with sudo, or in a VM)",
+                    returncode=2)
 
 
 @pytest.fixture(scope="session")
@@ -33,5 +31,46 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
 
 
 @pytest.fixture
-def certbot(pebble: Pebble, tmp_path: Path) -> Certbot:
-    return Certbot(pebble=pebble, root=tmp_path / "certbot")
+def open_tmp() -> Iterator[Path]:
+    """A temp dir that other users can traverse (pytest's own is under a 0700 dir).
+
+    Tests that run a reader as another uid (setpriv) need every ancestor of the
+    certbot config dir searchable, as /etc is on a real system.
+    """
+    path = Path(tempfile.mkdtemp(prefix="cdk-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def certbot(pebble: Pebble, open_tmp: Path) -> Certbot:
+    root = open_tmp / "certbot"
+    root.mkdir()
+    root.chmod(0o755)  # like /etc: certbot would otherwise create it 0700
+    return Certbot(pebble=pebble, root=root)
+
+
+@pytest.fixture
+def group() -> Iterator[str]:
+    """A real system group, created for the test and removed after it."""
+    name = f"cdk{secrets.token_hex(4)}"
+    subprocess.run(["groupadd", "--system", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["groupdel", name], check=False)
+
+
+@pytest.fixture
+def user() -> Iterator[str]:
+    """A real system user (no home, no login), created for the test and removed after it."""
+    name = f"cdku{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], check=False)

@@ -24,9 +24,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -113,7 +113,8 @@ class Pebble:
 
     @classmethod
     def start(cls, workdir: Path) -> Pebble:
-        binary = shutil.which("pebble") or ("/usr/bin/pebble" if os.path.exists("/usr/bin/pebble") else None)
+        # Debian installs it in /usr/bin, which a root PATH may lack in containers
+        binary = shutil.which("pebble") or shutil.which("pebble", path="/usr/bin")
         if binary is None:
             raise TestbedError("pebble is not installed (apt-get install pebble)")
         workdir.mkdir(parents=True, exist_ok=True)
