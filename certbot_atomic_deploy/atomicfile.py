@@ -229,6 +229,49 @@ def create_temp(dir_fd: int, name: str, where: str) -> tuple[int, str]:
                           "(someone is planting files in this directory?)")
 
 
+def write_new_file(dir_fd: int, name: str, data: bytes, *, uid: int, gid: int, mode: int,
+                   where: str) -> None:
+    """Create ``name`` (which must not exist) with owner and mode set before any byte.
+
+    Steps (2) to (4) of the module contract on a final name, for files inside a
+    directory no reader can see yet (a version directory being filled).
+    """
+    try:
+        fd = os.open(name, _NEW_FILE_FLAGS, TEMP_CREATE_MODE, dir_fd=dir_fd)  # (2)
+    except OSError as exc:
+        raise write_failed(where, "creating the file", exc) from None
+    try:
+        _fill(fd, data, uid=uid, gid=gid, mode=mode, where=where)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+
+
+def _fill(fd: int, data: bytes, *, uid: int, gid: int, mode: int, where: str) -> None:
+    """Steps (3) and (4): owner and mode on the empty file, then the bytes, then fsync."""
+    try:
+        # The file was created 0600 (umask can only narrow that); chown first,
+        # as the kernel clears setuid/setgid on chown, then the final mode.
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        raise write_failed(where, f"setting owner {uid}:{gid} and mode {mode:04o}",
+                           exc) from None
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except OSError as exc:
+        raise write_failed(where, "writing", exc) from None
+
+
 def write_file_atomic(dir_fd: int, name: str, data: bytes, *, uid: int, gid: int, mode: int,
                       where: str) -> None:
     """Replace ``name`` in ``dir_fd`` with ``data``, owned uid:gid with ``mode``.
@@ -243,22 +286,7 @@ def write_file_atomic(dir_fd: int, name: str, data: bytes, *, uid: int, gid: int
     check_replaceable(dir_fd, name, where)  # (1)
     fd, temp = create_temp(dir_fd, name, where)  # (2)
     try:
-        try:
-            # (3) mkstemp-like 0600 create ignores nothing we rely on: the owner
-            # and mode are set explicitly on the descriptor, before any byte.
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-        except OSError as exc:
-            raise write_failed(where, f"setting owner {uid}:{gid} and mode {mode:04o}",
-                               exc) from None
-        try:
-            view = memoryview(data)  # (4)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        except OSError as exc:
-            raise write_failed(where, "writing", exc) from None
+        _fill(fd, data, uid=uid, gid=gid, mode=mode, where=where)  # (3) (4)
         os.close(fd)
         fd = -1
         try:

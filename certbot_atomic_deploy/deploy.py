@@ -1,0 +1,356 @@
+"""A deploy run: select, compare, validate, publish, check, roll back, reload.
+
+Imports no certbot; cryptography only through :mod:`.validate`, and only when
+some target's bytes differ from what is on disk.
+
+One run, under the state lock:
+1. for each target, pick its lineage (``lineage =`` names, or ``domains =``
+   globs all covered by the certificate's names); exactly one must match;
+2. read the lineage (one consistent archive version) and build the target's
+   bytes as text; if the destination already holds them with the right owner
+   and mode, the target is unchanged: nothing is written or reloaded;
+3. validate the material (key matches leaf, chain links, leaf valid now,
+   domains covered); a lineage that fails is published to no target;
+4. publish (atomic rename, or a new version directory and one link switch);
+5. run the target's ``check`` commands; if one fails, put the target back as
+   it was and leave its ``reload`` out;
+6. run every distinct ``reload`` command of the targets that changed, once.
+A failing target never stops the others; the run reports every failure.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from certbot_atomic_deploy.config import Config, Target
+from certbot_atomic_deploy.errors import DeployError, ValidationError
+from certbot_atomic_deploy.pem import Material, build, read_lineage
+from certbot_atomic_deploy.publish import (
+    Undo,
+    in_place,
+    publish_directory,
+    publish_file,
+    rollback_directory,
+    target_files,
+)
+from certbot_atomic_deploy.state import Record, StateDir, TargetState
+
+if TYPE_CHECKING:
+    from certbot_atomic_deploy.validate import CertInfo
+
+COMMAND_TIMEOUT = 300.0
+
+
+@dataclass
+class Outcome:
+    target: str
+    lineage: str | None
+    status: str  # published | unchanged | planned | failed | rolled-back
+    detail: str
+    version: int | None = None
+    serial: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("failed", "rolled-back")
+
+
+@dataclass
+class CommandRun:
+    command: str
+    ok: bool
+    detail: str
+    kind: str = "reload"  # or "check"
+
+
+@dataclass
+class RunResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    commands: list[CommandRun] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(o.failed for o in self.outcomes) and all(
+            c.ok for c in self.commands if c.kind == "reload")
+
+
+def list_lineages(config_dir: str) -> list[str]:
+    live = os.path.join(config_dir, "live")
+    try:
+        entries = os.listdir(live)
+    except FileNotFoundError:
+        return []
+    return sorted(e for e in entries
+                  if not e.startswith(".") and os.path.isdir(os.path.join(live, e)))
+
+
+def expand(template: str, target: Target, lineage: str, names: Iterable[str]) -> str:
+    """Substitute {lineage}, {domains} and {path}, each shell-quoted."""
+    return (template.replace("{lineage}", shlex.quote(lineage))
+            .replace("{domains}", shlex.quote(" ".join(names)))
+            .replace("{path}", shlex.quote(target.destination)))
+
+
+def run_command(command: str, env: dict[str, str]) -> CommandRun:
+    try:
+        proc = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True,
+                              text=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return CommandRun(command, False, f"timed out after {COMMAND_TIMEOUT:g} s")
+    if proc.returncode == 0:
+        return CommandRun(command, True, "ok")
+    last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+    return CommandRun(command, False,
+                      f"exit {proc.returncode}" + (f": {last[-1]}" if last else ""))
+
+
+class Deployer:
+    def __init__(self, config: Config, config_dir: str,
+                 now: datetime.datetime | None = None) -> None:
+        self.config = config
+        self.config_dir = config_dir
+        self.state = StateDir(config.state_dir)
+        self.now = now
+        self._material: dict[str, Material | ValidationError] = {}
+        self._names: dict[str, tuple[str, ...]] = {}
+
+    # -- reading
+
+    def material(self, lineage: str) -> Material:
+        cached = self._material.get(lineage)
+        if cached is None:
+            try:
+                cached = read_lineage(self.config_dir, lineage)
+            except ValidationError as exc:
+                cached = exc
+            self._material[lineage] = cached
+        if isinstance(cached, ValidationError):
+            raise cached
+        return cached
+
+    def names(self, lineage: str) -> tuple[str, ...]:
+        if lineage not in self._names:
+            from certbot_atomic_deploy.validate import leaf_info
+            material = self.material(lineage)
+            self._names[lineage] = leaf_info(material.leaf.text, material.sources["cert"]).names
+        return self._names[lineage]
+
+    def select(self, target: Target, wanted: set[str] | None) -> list[str]:
+        """The lineages this target takes in this run (step 1)."""
+        candidates = list(target.lineages) or list_lineages(self.config_dir)
+        if wanted is not None:
+            candidates = [c for c in candidates if c in wanted]
+        if target.domains and not target.lineages:
+            from certbot_atomic_deploy.validate import covers
+            chosen = []
+            for lineage in candidates:
+                try:
+                    names = self.names(lineage)
+                except ValidationError:
+                    continue  # reported if a target names it; a broken stranger is not ours
+                if all(covers(names, pattern) for pattern in target.domains):
+                    chosen.append(lineage)
+            candidates = chosen
+        return candidates
+
+    def files(self, target: Target, material: Material) -> dict[str, bytes]:
+        return {name: build(fmt, material) for name, fmt in target_files(target).items()}
+
+    # -- a run
+
+    def deploy(self, wanted: set[str] | None, dry_run: bool = False) -> RunResult:
+        result = RunResult()
+        changed: list[tuple[Target, str, Undo | None, Record, bytes | None]] = []
+        for target in self.config.targets:
+            try:
+                chosen = self.select(target, wanted)
+            except ValidationError as exc:
+                result.outcomes.append(Outcome(target.name, None, "failed", str(exc)))
+                continue
+            if not chosen:
+                if target.lineages and wanted is None:
+                    missing = [n for n in target.lineages
+                               if n not in list_lineages(self.config_dir)]
+                    result.outcomes.append(Outcome(
+                        target.name, None, "failed",
+                        f"lineage {', '.join(missing)} not found in "
+                        f"{self.config_dir}/live (see 'certbot certificates')"))
+                continue
+            if len(chosen) > 1:
+                result.outcomes.append(Outcome(
+                    target.name, None, "failed",
+                    f"{self.config.path}: [{target.name}] matches lineages "
+                    f"{', '.join(chosen)}; one target takes one lineage (narrow lineage or "
+                    "domains)"))
+                continue
+            entry = self._deploy_one(target, chosen[0], dry_run, result)
+            if entry is not None:
+                changed.append(entry)
+        if dry_run:
+            return result
+        reloads: list[tuple[str, dict[str, str]]] = []
+        for target, lineage, undo, record, data in changed:
+            env = self._env(target, lineage, record.names)
+            failed = self._run_checks(target, lineage, record, env, result)
+            if failed is not None:
+                self._undo(target, lineage, undo, failed, result)
+                continue
+            state = self.state.load(target.name)
+            if state.current is not None:
+                state.history.append(state.current)
+            state.current = record
+            self.state.save(target.name, state, data, keep=target.keep)
+            for template in target.reload:
+                command = expand(template, target, lineage, record.names)
+                if command not in [c for c, _ in reloads]:
+                    reloads.append((command, env))
+        for command, env in reloads:
+            result.commands.append(run_command(command, env))
+        return result
+
+    def _deploy_one(self, target: Target, lineage: str, dry_run: bool, result: RunResult
+                    ) -> tuple[Target, str, Undo | None, Record, bytes | None] | None:
+        try:
+            material = self.material(lineage)
+            files = self.files(target, material)
+            if in_place(target, files):
+                result.outcomes.append(Outcome(target.name, lineage, "unchanged",
+                                               f"{target.destination}: already current",
+                                               material.version))
+                return None
+            from certbot_atomic_deploy.validate import validate
+            info = validate(material, target.domains, self.now)
+            if dry_run:
+                result.outcomes.append(Outcome(
+                    target.name, lineage, "planned",
+                    f"would publish {lineage} v{material.version} (serial {info.serial}) to "
+                    f"{target.describe()} as {target.owner_name}:{target.group_name} "
+                    f"{target.key_mode:04o}", material.version, info.serial))
+                return None
+            state = self.state.load(target.name)
+            record = self._record(state, lineage, material, info)
+            if target.path is not None:
+                data: bytes | None = next(iter(files.values()))
+                undo: Undo | None = publish_file(target, data or b"")
+            else:
+                data = None
+                undo = publish_directory(target, files)
+        except DeployError as exc:
+            result.outcomes.append(Outcome(target.name, lineage, "failed", str(exc)))
+            return None
+        result.outcomes.append(Outcome(
+            target.name, lineage, "published",
+            f"{target.destination}: {lineage} v{material.version} (serial {info.serial}, "
+            f"expires {info.not_after:%Y-%m-%d})", material.version, info.serial))
+        return target, lineage, undo, record, data
+
+    def _record(self, state: TargetState, lineage: str, material: Material,
+                info: CertInfo) -> Record:
+        seq = max([r.seq for r in state.history] + ([state.current.seq] if state.current
+                                                    else [0])) + 1
+        return Record(seq=seq, lineage=lineage, version=material.version, serial=info.serial,
+                      not_after=info.not_after.isoformat(), names=list(info.names),
+                      published_at=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                          timespec="seconds"))
+
+    def _env(self, target: Target, lineage: str, names: Iterable[str]) -> dict[str, str]:
+        return dict(os.environ, CERTBOT_DEPLOY_TARGET=target.name,
+                    CERTBOT_DEPLOY_PATH=target.destination,
+                    RENEWED_LINEAGE=os.path.join(self.config_dir, "live", lineage),
+                    RENEWED_DOMAINS=" ".join(names))
+
+    def _run_checks(self, target: Target, lineage: str, record: Record, env: dict[str, str],
+                    result: RunResult) -> CommandRun | None:
+        for template in target.check:
+            run = run_command(expand(template, target, lineage, record.names), env)
+            run.kind = "check"
+            result.commands.append(run)
+            if not run.ok:
+                return run
+        return None
+
+    def _undo(self, target: Target, lineage: str, undo: Undo | None, failed: CommandRun,
+              result: RunResult) -> None:
+        outcome = next(o for o in result.outcomes if o.target == target.name)
+        try:
+            if undo is not None:
+                undo.action()
+            outcome.status = "rolled-back"
+            outcome.detail = (f"check '{failed.command}' failed ({failed.detail}); "
+                              f"{undo.description if undo else 'nothing to undo'}; "
+                              "reload skipped")
+        except DeployError as exc:
+            outcome.status = "failed"
+            outcome.detail = (f"check '{failed.command}' failed ({failed.detail}) and the "
+                              f"rollback failed too: {exc}")
+
+    # -- rollback command
+
+    def rollback(self, name: str) -> RunResult:
+        target = next((t for t in self.config.targets if t.name == name), None)
+        if target is None:
+            raise DeployError(f"{self.config.path}: no target [{name}] (targets: "
+                              f"{', '.join(t.name for t in self.config.targets)})")
+        state = self.state.load(name)
+        if state.current is None or not state.history:
+            raise DeployError(f"[{name}]: no earlier version is kept to roll back to "
+                              "(keep = N keeps N)")
+        previous = state.history.pop()
+        if target.path is not None:
+            publish_file(target, self.state.file_version(name, previous.seq))
+        else:
+            rollback_directory(target)
+        state.current = previous
+        self.state.save(name, state, keep=target.keep + 1)
+        result = RunResult([Outcome(name, previous.lineage, "published",
+                                    f"{target.destination}: rolled back to {previous.lineage} "
+                                    f"v{previous.version} (serial {previous.serial})",
+                                    previous.version, previous.serial)])
+        env = self._env(target, previous.lineage, previous.names)
+        for template in target.reload:
+            result.commands.append(run_command(
+                expand(template, target, previous.lineage, previous.names), env))
+        return result
+
+    # -- status
+
+    def status(self) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        for target in self.config.targets:
+            current = self.state.load(target.name).current
+            row: dict[str, object] = {"target": target.name,
+                                      "destination": target.destination,
+                                      "lineage": current.lineage if current else None,
+                                      "serial": current.serial if current else None,
+                                      "not_after": current.not_after if current else None,
+                                      "version": current.version if current else None,
+                                      "seq": current.seq if current else None}
+            if current is None:
+                row["in_sync"] = False
+                row["detail"] = "never deployed"
+            else:
+                try:
+                    material = self.material(current.lineage)
+                    row["in_sync"] = in_place(target, self.files(target, material))
+                    row["lineage_version"] = material.version
+                    row["detail"] = ("in sync" if row["in_sync"] else
+                                     f"lineage is at v{material.version}; run deploy")
+                except ValidationError as exc:
+                    row["in_sync"] = False
+                    row["detail"] = str(exc)
+            rows.append(row)
+        return rows
+
+
+def failure_lines(result: RunResult) -> list[str]:
+    """One self-contained line per failure, for stderr."""
+    lines = [f"[{o.target}] {o.detail}" for o in result.outcomes if o.failed]
+    # A failed check is told in its target's line; a failed reload stands alone.
+    lines += [f"reload '{c.command}' failed: {c.detail}" for c in result.commands
+              if not c.ok and c.kind == "reload"]
+    return lines

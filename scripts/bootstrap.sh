@@ -1,0 +1,44 @@
+# Sourced by scripts/demo and scripts/test. Installs what a fresh Debian machine
+# (as root) lacks, then a virtualenv in .venv with the suite and its tools.
+# Idempotent: a second run installs nothing.
+set -euo pipefail
+
+top="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$top/.venv"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "run this as root: it installs Debian packages and the tests create users and groups" >&2
+    exit 2
+fi
+
+missing=()
+python_ok() {
+    command -v python3 >/dev/null 2>&1 &&
+    python3 -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
+}
+python_ok || missing+=(python3 python3-venv)
+python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null ||
+    command -v python3.11 >/dev/null 2>&1 || missing+=(python3.11 python3.11-venv)
+[ -x /usr/bin/pebble ] || command -v pebble >/dev/null 2>&1 || missing+=(pebble)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v groupadd >/dev/null 2>&1 || missing+=(passwd)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v getfacl >/dev/null 2>&1 || missing+=(acl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin:/sbin:/usr/bin"
+
+stamp="$venv/.installed"
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] ||
+   [ "$top/setup.cfg" -nt "$stamp" ] || [ "$top/tox.ini" -nt "$stamp" ]; then
+    echo "setting up $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -e "$top[test,lint]" tox types-pyOpenSSL
+    touch "$stamp"
+fi
