@@ -122,26 +122,30 @@ def run(args: argparse.Namespace) -> int:
                       f"v{r['version']} serial {r['serial']} expires {r['not_after']}; "
                       f"{r['detail']}")
         return EXIT_OK if all(r["in_sync"] for r in rows) else EXIT_FAILED
-    with deployer.state.lock(args.lock_timeout):
-        if command == "rollback":
+    if command == "rollback":
+        with deployer.state.lock(args.lock_timeout):
             result = deployer.rollback(args.target)
-            _print_result(result, False)
-            return EXIT_OK if result.ok else EXIT_FAILED
-        if command is None:  # certbot deploy hook
-            renewed = os.environ.get("RENEWED_LINEAGE")
-            if not renewed:
-                raise ConfigError("no command given and $RENEWED_LINEAGE is not set (run "
-                                  "'deploy --all', or use this as certbot's --deploy-hook)")
-            wanted: set[str] | None = {os.path.basename(os.path.normpath(renewed))}
-            dry_run, as_json = False, False
-        else:
-            if not args.all and not args.lineage:
-                raise ConfigError("deploy: say which: --lineage NAME (repeatable) or --all")
-            wanted = None if args.all else set(args.lineage)
-            dry_run, as_json = args.dry_run, args.json
-        result = deployer.deploy(wanted, dry_run=dry_run)
-        _print_result(result, as_json)
+        _print_result(result, False)
         return EXIT_OK if result.ok else EXIT_FAILED
+    if command is None:  # certbot deploy hook
+        renewed = os.environ.get("RENEWED_LINEAGE")
+        if not renewed:
+            raise ConfigError("no command given and $RENEWED_LINEAGE is not set (run "
+                              "'deploy --all', or use this as certbot's --deploy-hook)")
+        wanted: set[str] | None = {os.path.basename(os.path.normpath(renewed))}
+        dry_run, as_json = False, False
+    else:
+        if not args.all and not args.lineage:
+            raise ConfigError("deploy: say which: --lineage NAME (repeatable) or --all")
+        wanted = None if args.all else set(args.lineage)
+        dry_run, as_json = args.dry_run, args.json
+    if dry_run:  # reads only: no lock, nothing created
+        result = deployer.deploy(wanted, dry_run=True)
+    else:
+        with deployer.state.lock(args.lock_timeout):
+            result = deployer.deploy(wanted)
+    _print_result(result, as_json)
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Small helpers shared by the tests: disk snapshots and readers running as other uids."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import stat
@@ -8,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 NOBODY = 65534
 
@@ -56,3 +58,67 @@ def key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
 
 def mode_of(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+# -- a certbot-shaped lineage made by hand, for material certbot would never issue
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, cn)])
+
+
+def make_chain(names: list[str], *, days_valid: tuple[int, int] = (-1, 90),
+               key: ec.EllipticCurvePrivateKey | None = None
+               ) -> tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
+    """A real leaf (for ``names``) and intermediate, both issued by a fresh root."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    inter_key = ec.generate_private_key(ec.SECP256R1())
+    leaf_key = key or ec.generate_private_key(ec.SECP256R1())
+
+    def cert(subject: str, issuer: str, pub: object, signer: ec.EllipticCurvePrivateKey,
+             ca: bool, sans: list[str] | None, start: int, end: int) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(_name(subject))
+                   .issuer_name(_name(issuer)).public_key(pub)  # type: ignore[arg-type]
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now + datetime.timedelta(days=start))
+                   .not_valid_after(now + datetime.timedelta(days=end))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if sans:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    inter = cert("test intermediate", "test root", inter_key.public_key(), root_key, True,
+                 None, -10, 365)
+    leaf = cert(names[0], "test intermediate", leaf_key.public_key(), inter_key, False,
+                names, *days_valid)
+    return leaf_key, [leaf, inter]
+
+
+def pem_of(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def write_lineage(config_dir: Path, name: str, version: int, key_pem: bytes,
+                  chain: list[x509.Certificate], *, raw: dict[str, bytes] | None = None) -> None:
+    """Write version N of a lineage the way certbot lays it out, and point live/ at it."""
+    archive = config_dir / "archive" / name
+    live = config_dir / "live" / name
+    for d in (config_dir / "archive", config_dir / "live"):
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+    archive.mkdir(exist_ok=True)
+    live.mkdir(exist_ok=True)
+    pems = [c.public_bytes(serialization.Encoding.PEM) for c in chain]
+    files = {"privkey": key_pem, "cert": pems[0], "chain": b"".join(pems[1:]),
+             "fullchain": b"".join(pems)}
+    files.update(raw or {})
+    for kind, data in files.items():
+        path = archive / f"{kind}{version}.pem"
+        path.write_bytes(data)
+        path.chmod(0o600 if kind == "privkey" else 0o644)
+        link = live / f"{kind}.pem"
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(f"../../archive/{name}/{kind}{version}.pem")
