@@ -6,6 +6,7 @@ runs a deploy hook, and then re-reads the disk.
 from __future__ import annotations
 
 import fcntl
+import grp
 import json
 import os
 import subprocess
@@ -13,10 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from helpers import key_matches_cert, make_chain, mode_of, pem_of, snapshot, write_lineage
+
 from testbed import Certbot
 
 DEPLOY = str(Path(sys.executable).parent / "certbot-atomic-deploy")
@@ -124,7 +126,6 @@ keep = 2
             (out / "mail-cert.pem", 0, 0, 0o644)):
         st = path.stat()
         assert (st.st_uid, st.st_gid, mode_of(path)) == (uid, gid, mode), path
-    import grp
     assert (out / "haproxy" / "mail.pem").stat().st_gid == grp.getgrnam(group).gr_gid
     for args in (["pkey", "-noout"], ["x509", "-noout"]):
         parsed = subprocess.run(["openssl", *args, "-in", str(out / "postfix" / "mail.pem")],
@@ -160,7 +161,7 @@ def test_dry_run_prints_plan_and_changes_nothing(site: Path) -> None:
     before = snapshot(site)
     result = deploy(site / "le", "deploy", "--all", "--dry-run")
     assert result.returncode == 0
-    assert f"would publish mail v1" in result.stdout and "root:root 0600" in result.stdout
+    assert "would publish mail v1" in result.stdout and "root:root 0600" in result.stdout
     assert snapshot(site) == before
 
 
@@ -365,7 +366,6 @@ def test_status_json_reports_serial_expiry_and_sync(site: Path) -> None:
     rows = json.loads(deploy(site / "le", "status", "--json").stdout)
     assert len(rows) == 1
     row = rows[0]
-    from cryptography import x509
     leaf = x509.load_pem_x509_certificate((site / "le" / "live" / "mail" / "cert.pem").read_bytes())
     assert row["serial"] == f"{leaf.serial_number:x}" and row["in_sync"] is True
     assert row["lineage"] == "mail" and row["version"] == 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import subprocess
@@ -9,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import NOBODY, key_matches_cert, mode_of, run_as, snapshot
+
 from testbed import Certbot
 
 PERMS = str(Path(sys.executable).parent / "certbot-perms")
@@ -195,7 +196,6 @@ def test_check_finds_seeded_problems_and_fix_leaves_none(certbot: Certbot, group
     assert f"{account_key}: account key mode 0644" in found.stdout
 
     as_json = perms("check", "--json", "--config-dir", config)
-    import json
     paths = {f["path"] for f in json.loads(as_json.stdout)["findings"]}
     assert {str(old_key), str(account_key)} <= paths
 
