@@ -124,9 +124,14 @@ def archive_relpath(live_fd: int, shown: str) -> str:
 
 
 def _narrowed_mode(st: os.stat_result, spec: PermSpec) -> int:
-    """A mode that lets in nobody the current file or the final spec keeps out."""
+    """A mode that lets in nobody the current file or the final spec keeps out.
+
+    The owner bits stay when the owner is this process itself: it can chmod
+    the file back anyway, and clearing them would lock an unprivileged
+    certbot out of its own key when the chown that follows is refused.
+    """
     mode = stat.S_IMODE(st.st_mode) & spec.mode
-    if st.st_uid != spec.uid:
+    if st.st_uid not in (spec.uid, os.geteuid()):
         mode &= ~stat.S_IRWXU
     if st.st_gid != spec.gid:
         mode &= ~stat.S_IRWXG

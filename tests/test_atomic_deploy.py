@@ -372,3 +372,39 @@ def test_status_json_reports_serial_expiry_and_sync(site: Path) -> None:
     _replace_version_2(site)
     stale = deploy(site / "le", "status")
     assert stale.returncode == 1 and "lineage is at v2; run deploy" in stale.stdout
+
+
+def test_immutable_destination_fails_with_a_clear_line_and_stays(site: Path) -> None:
+    basic_conf(site)
+    assert deploy(site / "le", "deploy", "--all").returncode == 0
+    dest = site / "out" / "mail.pem"
+    old = dest.read_bytes()
+    if subprocess.run(["chattr", "+i", str(dest)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem does not support chattr +i")
+    try:
+        _replace_version_2(site)
+        result = deploy(site / "le", "deploy", "--all")
+    finally:
+        subprocess.run(["chattr", "-i", str(dest)], check=True)
+    assert result.returncode == 1
+    line = one_line(result)
+    assert str(dest) in line and "immutable" in line
+    assert dest.read_bytes() == old
+    assert temp_files(site / "out") == []
+
+
+def test_commands_get_path_lineage_and_domains_shell_quoted(site: Path) -> None:
+    odd = site / "out" / "we ird $(touch pwned); x"
+    odd.mkdir(mode=0o755)
+    log = site / "args.log"
+    write_conf(site / "le", f"""\
+[odd]
+lineage = mail
+path = {odd}/mail.pem
+format = key
+reload = "printf '%s|' {{path}} {{lineage}} {{domains}} > {log}"
+""")
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 0, result.stderr
+    assert log.read_text() == f"{odd}/mail.pem|mail|mail.example.org smtp.example.org|"
+    assert not list(site.rglob("pwned"))

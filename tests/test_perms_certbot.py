@@ -5,6 +5,7 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,31 @@ def test_check_judges_keys_against_their_lineage_spec(certbot: Certbot, group: s
     certbot.renew()  # nothing due: generic_updates heals the drift
     assert key.stat().st_gid == grp.getgrnam(group).gr_gid
     assert perms("check", "--config-dir", config).returncode == 0
+
+
+def test_unprivileged_certbot_warns_in_one_line_and_still_renews(
+        certbot: Certbot, group: str) -> None:
+    """certbot run as a plain user: the chown to root is refused, the renewal is not."""
+    certbot.root.chmod(0o755)
+    os.chown(certbot.root, NOBODY, NOBODY)
+    base = certbot.command("run", "-a", "standalone", "-i", "perms", "--cert-name", "unpriv",
+                           "-d", "unpriv.example.org", "--perms-key-owner", "root",
+                           "--perms-key-group", str(NOBODY))
+
+    def as_nobody(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                               "--clear-groups", *cmd], env=certbot.env(), capture_output=True,
+                              text=True, timeout=120)
+
+    bundle = certbot.root / "ca.pem"  # a copy nobody can read; pytest's tmp is root-only
+    shutil.copyfile(certbot.pebble.ca_bundle, bundle)
+    bundle.chmod(0o644)
+    certbot.extra_env["REQUESTS_CA_BUNDLE"] = str(bundle)
+    issued = as_nobody(base)
+    assert issued.returncode == 0, issued.stderr
+    renewed = as_nobody(certbot.command("renew", "--force-renewal"))
+    assert renewed.returncode == 0, renewed.stderr
+    warnings = [line for line in renewed.stderr.splitlines() if "perms:" in line]
+    assert warnings and "chown is not permitted for uid 65534 (run as root)" in warnings[0]
+    for key in certbot.archive("unpriv").glob("privkey*.pem"):
+        assert mode_of(key) & 0o077 == 0  # narrowed, never widened

@@ -225,7 +225,9 @@ class Certbot:
         return self.config_dir / "archive" / name
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, REQUESTS_CA_BUNDLE=str(self.pebble.ca_bundle), **self.extra_env)
+        env = dict(os.environ, REQUESTS_CA_BUNDLE=str(self.pebble.ca_bundle))
+        env.update(self.extra_env)
+        return env
 
     def command(self, subcommand: str, *args: str) -> list[str]:
         cmd = [certbot_executable(), subcommand,
