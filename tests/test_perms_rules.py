@@ -10,11 +10,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from helpers import NOBODY, run_as
 
 from certbot_perms import acl
 from certbot_perms.errors import SpecError
 from certbot_perms.spec import exceeds, parse_spec
-from helpers import NOBODY, run_as
 
 
 @pytest.mark.parametrize("mode,expected", [
