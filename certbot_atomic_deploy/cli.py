@@ -158,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeployError as exc:
         print(f"certbot-atomic-deploy: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:  # outside any target (state dir, lock): still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"certbot-atomic-deploy: {where}{exc.strerror or exc} (an I/O error outside the "
+              "targets; no target was left half-written: check the disk and run again)",
+              file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -200,11 +200,12 @@ class Deployer:
             if failed is not None:
                 self._undo(target, lineage, undo, failed, result)
                 continue
-            state = self.state.load(target.name)
-            if state.current is not None:
-                state.history.append(state.current)
-            state.current = record
-            self.state.save(target.name, state, data, keep=target.keep)
+            try:
+                self._save(target, record, data)
+            except (DeployError, OSError) as exc:
+                # The target is wholly new; only status/rollback lack the record.
+                self._fail(result, target, f"{target.destination}: published, but recording "
+                                           f"it in {self.state.path} failed: {_why(exc)}")
             for template in target.reload:
                 command = expand(template, target, lineage, record.names)
                 if command not in [c for c, _ in reloads]:
@@ -213,12 +214,27 @@ class Deployer:
             result.commands.append(run_command(command, env))
         return result
 
+    def _save(self, target: Target, record: Record, data: bytes | None) -> None:
+        state = self.state.load(target.name)
+        if state.current is not None and state.current.seq != record.seq:
+            state.history.append(state.current)
+        state.current = record
+        self.state.save(target.name, state, data, keep=target.keep)
+
+    def _fail(self, result: RunResult, target: Target, detail: str) -> None:
+        outcome = next((o for o in result.outcomes if o.target == target.name), None)
+        if outcome is None:
+            result.outcomes.append(Outcome(target.name, None, "failed", detail))
+        else:
+            outcome.status, outcome.detail = "failed", detail
+
     def _deploy_one(self, target: Target, lineage: str, dry_run: bool, result: RunResult
                     ) -> tuple[Target, str, Undo | None, Record, bytes | None] | None:
         try:
             material = self.material(lineage)
             files = self.files(target, material)
             if in_place(target, files):
+                self._record_if_stale(target, lineage, material, files, dry_run)
                 result.outcomes.append(Outcome(target.name, lineage, "unchanged",
                                                f"{target.destination}: already current",
                                                material.version))
@@ -240,14 +256,28 @@ class Deployer:
             else:
                 data = None
                 undo = publish_directory(target, files)
-        except DeployError as exc:
-            result.outcomes.append(Outcome(target.name, lineage, "failed", str(exc)))
+        except (DeployError, OSError) as exc:
+            result.outcomes.append(Outcome(target.name, lineage, "failed",
+                                           _why(exc, target.destination)))
             return None
         result.outcomes.append(Outcome(
             target.name, lineage, "published",
             f"{target.destination}: {lineage} v{material.version} (serial {info.serial}, "
             f"expires {info.not_after:%Y-%m-%d})", material.version, info.serial))
         return target, lineage, undo, record, data
+
+    def _record_if_stale(self, target: Target, lineage: str, material: Material,
+                         files: dict[str, bytes], dry_run: bool) -> None:
+        """Content in place but not recorded (a run died after its rename): record it."""
+        state = self.state.load(target.name)
+        current = state.current
+        if dry_run or (current is not None and (current.lineage, current.version) == (
+                lineage, material.version)):
+            return
+        from certbot_atomic_deploy.validate import validate
+        record = self._record(state, lineage, material, validate(material, (), self.now))
+        data = next(iter(files.values())) if target.path is not None else None
+        self._save(target, record, data)
 
     def _record(self, state: TargetState, lineage: str, material: Material,
                 info: CertInfo) -> Record:
@@ -284,10 +314,10 @@ class Deployer:
             outcome.detail = (f"check '{failed.command}' failed ({failed.detail}); "
                               f"{undo.description if undo else 'nothing to undo'}; "
                               "reload skipped")
-        except DeployError as exc:
+        except (DeployError, OSError) as exc:
             outcome.status = "failed"
             outcome.detail = (f"check '{failed.command}' failed ({failed.detail}) and the "
-                              f"rollback failed too: {exc}")
+                              f"rollback failed too: {_why(exc, target.destination)}")
 
     # -- rollback command
 
@@ -345,6 +375,15 @@ class Deployer:
                     row["detail"] = str(exc)
             rows.append(row)
         return rows
+
+
+def _why(exc: BaseException, where: str = "") -> str:
+    """A DeployError's own line, or an OSError said as one line about ``where``."""
+    if isinstance(exc, OSError):
+        action = f"{exc.filename}: " if exc.filename else ""
+        return (f"{where}: {action}{exc.strerror or exc} (an I/O error: check the disk and "
+                "run again; the target is wholly old or wholly new)")
+    return str(exc)
 
 
 def failure_lines(result: RunResult) -> list[str]:

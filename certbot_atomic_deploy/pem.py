@@ -87,6 +87,8 @@ def _read_at(dir_fd: int, name: str, where: str) -> bytes:
     try:
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_PEM_BYTES + 1)
+    except OSError as exc:
+        raise ValidationError(f"{where}: cannot read: {os.strerror(exc.errno or 0)}") from None
     finally:
         os.close(fd)
     if len(data) > MAX_PEM_BYTES:

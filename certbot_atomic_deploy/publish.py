@@ -81,6 +81,8 @@ def _read_if_same_owner(dir_fd: int, name: str, uid: int, gid: int, mode: int) -
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
+    except OSError:
+        return None  # unreadable counts as different: the publish says what is wrong
     finally:
         os.close(fd)
 
@@ -294,8 +296,11 @@ def publish_directory(target: Target, files: dict[str, bytes]) -> Undo:
         try:
             switch_current(dir_fd, final, where)  # (5)
         except (WriteError, UnsafePathError):
-            with contextlib.suppress(OSError):
-                _remove_tree(dir_fd, final)
+            # Only a version nobody points at may go: if the rename went through
+            # and the directory fsync failed, readers already see ``final``.
+            if current_version_dir(dir_fd) != final:
+                with contextlib.suppress(OSError):
+                    _remove_tree(dir_fd, final)
             raise
         prune(dir_fd, target.keep)  # (6)
     finally:

@@ -13,6 +13,20 @@ import pytest
 
 from testbed import Certbot, Pebble
 
+REPORTS: list[str] = []
+
+
+def report(line: str) -> None:
+    """A figure to print at the end of the run (coverage of fault injection, read counts)."""
+    REPORTS.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORTS:
+        terminalreporter.section("figures")
+        for line in REPORTS:
+            terminalreporter.write_line(line)
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.geteuid() != 0:
