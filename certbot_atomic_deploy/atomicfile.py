@@ -70,6 +70,9 @@ def _describe_errno(exc: OSError) -> str:
 
 
 def _hint(exc: OSError) -> str:
+    if exc.errno == errno.EBUSY:
+        return ("the destination is a mount point (a bind mount?), so nothing can be renamed "
+                "over it; bind-mount its directory instead, or point the target elsewhere")
     if exc.errno == errno.EXDEV:
         return ("temp file and destination are on different filesystems (a bind mount?); "
                 "point the target at a path on one filesystem")
@@ -212,6 +215,11 @@ def check_replaceable(dir_fd: int, name: str, where: str) -> os.stat_result | No
     if not stat.S_ISREG(st.st_mode):
         raise UnsafePathError(f"{where}: exists and is not a regular file "
                               "(a directory where a file should be?); remove it and run again")
+    if st.st_nlink > 1:
+        # Replacing this name would leave the old key readable under the other one.
+        raise UnsafePathError(f"{where}: has {st.st_nlink} hard links; another name holds "
+                              f"these bytes (find it: find / -xdev -samefile {where}; remove "
+                              "the other link and run again)")
     return st
 
 

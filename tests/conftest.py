@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import make_chain, pem_of, write_lineage
 
 from testbed import Certbot, Pebble
 
@@ -57,6 +58,15 @@ def open_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def site(open_tmp: Path) -> Path:
+    """A hand-made certbot config dir SITE/le with lineage 'mail' (v1), and SITE/out."""
+    key, chain = make_chain(["mail.example.org", "smtp.example.org"])
+    write_lineage(open_tmp / "le", "mail", 1, pem_of(key), chain)
+    (open_tmp / "out").mkdir(mode=0o755)
+    return open_tmp
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -122,3 +123,53 @@ def write_lineage(config_dir: Path, name: str, version: int, key_pem: bytes,
         if link.is_symlink():
             link.unlink()
         link.symlink_to(f"../../archive/{name}/{kind}{version}.pem")
+
+
+# -- running certbot-atomic-deploy on a site
+
+DEPLOY = str(Path(sys.executable).parent / "certbot-atomic-deploy")
+
+
+def deploy(config_dir: Path, *args: str, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DEPLOY, "--config-dir", str(config_dir), *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line a failing run printed on stderr (fails if there are more)."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def temp_files(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+def lineage_bytes(config_dir: Path, name: str) -> dict[str, bytes]:
+    live = config_dir / "live" / name
+    return {k: (live / f"{k}.pem").read_bytes() for k in ("privkey", "cert", "chain", "fullchain")}
+
+
+def write_conf(config_dir: Path, body: str) -> Path:
+    path = config_dir / "atomic-deploy.conf"
+    path.write_text(body)
+    return path
+
+
+def basic_conf(site: Path, extra: str = "") -> Path:
+    """One Postfix file target for lineage 'mail' at SITE/out/mail.pem."""
+    return write_conf(site / "le", f"""\
+[postfix]
+lineage = mail
+path = {site}/out/mail.pem
+format = postfix
+{extra}
+""")
+
+
+def new_version(site: Path, version: int = 2) -> None:
+    """Give lineage 'mail' a fresh key and certificate as version N."""
+    key, chain = make_chain(["mail.example.org"])
+    write_lineage(site / "le", "mail", version, pem_of(key), chain)

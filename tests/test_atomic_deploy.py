@@ -10,65 +10,30 @@ import grp
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from helpers import key_matches_cert, make_chain, mode_of, pem_of, snapshot, write_lineage
+from helpers import (
+    DEPLOY,
+    basic_conf,
+    deploy,
+    key_matches_cert,
+    lineage_bytes,
+    make_chain,
+    mode_of,
+    new_version,
+    one_line,
+    pem_of,
+    snapshot,
+    temp_files,
+    write_conf,
+    write_lineage,
+)
 
 from testbed import Certbot
-
-DEPLOY = str(Path(sys.executable).parent / "certbot-atomic-deploy")
-
-
-def deploy(config_dir: Path, *args: str, env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DEPLOY, "--config-dir", str(config_dir), *args], capture_output=True,
-                          text=True, timeout=120, env=env)
-
-
-def one_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-def temp_files(root: Path) -> list[str]:
-    return [str(p) for p in root.rglob("*") if p.name.endswith(".tmp")]
-
-
-def lineage_bytes(config_dir: Path, name: str) -> dict[str, bytes]:
-    live = config_dir / "live" / name
-    return {k: (live / f"{k}.pem").read_bytes() for k in ("privkey", "cert", "chain", "fullchain")}
-
-
-@pytest.fixture
-def site(open_tmp: Path) -> Path:
-    """A hand-made certbot config dir with lineage 'mail' (v1) and an output dir."""
-    config = open_tmp / "le"
-    key, chain = make_chain(["mail.example.org", "smtp.example.org"])
-    write_lineage(config, "mail", 1, pem_of(key), chain)
-    (open_tmp / "out").mkdir(mode=0o755)
-    return open_tmp
-
-
-def write_conf(config_dir: Path, body: str) -> Path:
-    path = config_dir / "atomic-deploy.conf"
-    path.write_text(body)
-    return path
-
-
-def basic_conf(site: Path, extra: str = "") -> Path:
-    return write_conf(site / "le", f"""\
-[postfix]
-lineage = mail
-path = {site}/out/mail.pem
-format = postfix
-{extra}
-""")
 
 
 def test_issue_and_three_renewals_through_the_hook(certbot: Certbot, open_tmp: Path,
@@ -165,11 +130,6 @@ def test_dry_run_prints_plan_and_changes_nothing(site: Path) -> None:
     assert snapshot(site) == before
 
 
-def _replace_version_2(site: Path, **raw: bytes) -> None:
-    key, chain = make_chain(["mail.example.org"])
-    write_lineage(site / "le", "mail", 2, pem_of(key), chain, raw=raw)
-
-
 @pytest.mark.parametrize("material,message", [
     ("mismatch", "the key does not match the certificate"),
     ("expired", "expired"),
@@ -248,7 +208,7 @@ def test_failed_check_rolls_back_and_skips_reload(site: Path) -> None:
     basic_conf(site, f"check = test ! -e {flag}\nreload = echo run >> {log}")
     assert deploy(site / "le", "deploy", "--all").returncode == 0
     old = (site / "out" / "mail.pem").read_bytes()
-    _replace_version_2(site)
+    new_version(site)
     flag.touch()
     result = deploy(site / "le", "deploy", "--all")
     assert result.returncode == 1
@@ -325,7 +285,7 @@ directory = {site}/out/d
 """)
     assert deploy(site / "le", "deploy", "--all").returncode == 0
     first = (site / "out" / "mail.pem").read_bytes()
-    _replace_version_2(site)
+    new_version(site)
     assert deploy(site / "le", "deploy", "--lineage", "mail").returncode == 0
     assert (site / "out" / "mail.pem").read_bytes() != first
     result = deploy(site / "le", "rollback", "postfix")
@@ -369,7 +329,7 @@ def test_status_json_reports_serial_expiry_and_sync(site: Path) -> None:
     leaf = x509.load_pem_x509_certificate((site / "le" / "live" / "mail" / "cert.pem").read_bytes())
     assert row["serial"] == f"{leaf.serial_number:x}" and row["in_sync"] is True
     assert row["lineage"] == "mail" and row["version"] == 1
-    _replace_version_2(site)
+    new_version(site)
     stale = deploy(site / "le", "status")
     assert stale.returncode == 1 and "lineage is at v2; run deploy" in stale.stdout
 
@@ -382,7 +342,7 @@ def test_immutable_destination_fails_with_a_clear_line_and_stays(site: Path) -> 
     if subprocess.run(["chattr", "+i", str(dest)], capture_output=True).returncode != 0:
         pytest.skip("this filesystem does not support chattr +i")
     try:
-        _replace_version_2(site)
+        new_version(site)
         result = deploy(site / "le", "deploy", "--all")
     finally:
         subprocess.run(["chattr", "-i", str(dest)], check=True)
