@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterable
 
@@ -59,6 +58,12 @@ MAX_SYMLINKS = 40  # the kernel's own limit (ELOOP)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_CREATE_MODE = 0o600
+
+
+def random_token() -> str:
+    """16 hex digits for a temp name (os.urandom: the secrets module costs the hook
+    several milliseconds of imports on every run)."""
+    return os.urandom(8).hex()
 
 
 def temp_prefix(name: str) -> str:
@@ -226,7 +231,7 @@ def check_replaceable(dir_fd: int, name: str, where: str) -> os.stat_result | No
 def create_temp(dir_fd: int, name: str, where: str) -> tuple[int, str]:
     """Create and open a fresh temp file beside ``name``. # (2)"""
     for _ in range(TEMP_NAME_ATTEMPTS):
-        temp = f"{temp_prefix(name)}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        temp = f"{temp_prefix(name)}{random_token()}{TEMP_SUFFIX}"
         try:
             return os.open(temp, _NEW_FILE_FLAGS, TEMP_CREATE_MODE, dir_fd=dir_fd), temp
         except FileExistsError:

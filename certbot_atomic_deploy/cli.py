@@ -12,15 +12,19 @@ of ``$RENEWED_LINEAGE``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from certbot_atomic_deploy.config import Config, load
 from certbot_atomic_deploy.deploy import Deployer, RunResult, failure_lines
 from certbot_atomic_deploy.errors import ConfigError, DeployError, LockError
+
+if TYPE_CHECKING:
+    import argparse
 
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 CONFIG_NAME = "atomic-deploy.conf"
@@ -29,6 +33,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="certbot-atomic-deploy",
         description="Validate a Certbot lineage's key and certificate and publish them where "
@@ -63,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_dir(args: argparse.Namespace) -> str:
+def _config_dir(args: argparse.Namespace | SimpleNamespace) -> str:
     if args.config_dir:
         return str(args.config_dir)
     renewed = os.environ.get("RENEWED_LINEAGE")
@@ -104,7 +110,7 @@ def _show_config(config: Config) -> None:
             print(f"    reload: {c}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace | SimpleNamespace) -> int:
     config_dir = _config_dir(args)
     config = load(args.config or os.path.join(config_dir, CONFIG_NAME))
     command = args.command
@@ -149,7 +155,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args: argparse.Namespace | SimpleNamespace
+    if words:
+        args = build_parser().parse_args(words)
+    else:
+        # The deploy hook's own path (no arguments): argparse is not even imported,
+        # because this runs on every renewal and its start-up time is what users feel.
+        args = SimpleNamespace(command=None, config_dir=None, config=None,
+                               lock_timeout=DEFAULT_LOCK_TIMEOUT)
     try:
         return run(args)
     except (ConfigError, LockError) as exc:

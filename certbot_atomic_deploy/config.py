@@ -27,8 +27,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 
@@ -68,8 +67,7 @@ CONFIGSPEC = ("[defaults]\n" + _TARGET_SPEC + "[__many__]\n" + _TARGET_SPEC).spl
 _TARGET_ONLY = ("path", "directory")
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     name: str
     lineages: tuple[str, ...]
     domains: tuple[str, ...]
@@ -95,8 +93,7 @@ class Target:
         return what
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     path: str
     targets: tuple[Target, ...]
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 import datetime
 import os
 import shlex
-import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from certbot_atomic_deploy.config import Config, Target
@@ -46,32 +44,36 @@ if TYPE_CHECKING:
 COMMAND_TIMEOUT = 300.0
 
 
-@dataclass
 class Outcome:
-    target: str
-    lineage: str | None
-    status: str  # published | unchanged | planned | failed | rolled-back
-    detail: str
-    version: int | None = None
-    serial: str | None = None
+    """What a run did to one target. Mutable: a failed check turns it into rolled-back."""
+
+    def __init__(self, target: str, lineage: str | None, status: str, detail: str,
+                 version: int | None = None, serial: str | None = None) -> None:
+        self.target = target
+        self.lineage = lineage
+        self.status = status  # published | unchanged | planned | failed | rolled-back
+        self.detail = detail
+        self.version = version
+        self.serial = serial
 
     @property
     def failed(self) -> bool:
         return self.status in ("failed", "rolled-back")
 
 
-@dataclass
 class CommandRun:
-    command: str
-    ok: bool
-    detail: str
-    kind: str = "reload"  # or "check"
+    def __init__(self, command: str, ok: bool, detail: str, kind: str = "reload") -> None:
+        self.command = command
+        self.ok = ok
+        self.detail = detail
+        self.kind = kind  # reload | check
 
 
-@dataclass
 class RunResult:
-    outcomes: list[Outcome] = field(default_factory=list)
-    commands: list[CommandRun] = field(default_factory=list)
+    def __init__(self, outcomes: list[Outcome] | None = None,
+                 commands: list[CommandRun] | None = None) -> None:
+        self.outcomes = outcomes or []
+        self.commands = commands or []
 
     @property
     def ok(self) -> bool:
@@ -97,6 +99,8 @@ def expand(template: str, target: Target, lineage: str, names: Iterable[str]) ->
 
 
 def run_command(command: str, env: dict[str, str]) -> CommandRun:
+    import subprocess  # only runs that changed something get here: keep it off start-up
+
     try:
         proc = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True,
                               text=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from certbot_atomic_deploy.errors import ValidationError
 
@@ -38,14 +38,12 @@ _LINK_VERSION = re.compile(r"^(?:.*/)?(privkey|cert|chain|fullchain)([0-9]+)\.pe
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
-class PemBlock:
+class PemBlock(NamedTuple):
     label: str
     text: bytes  # the whole block, BEGIN to END line, with a final newline
 
 
-@dataclass(frozen=True)
-class Material:
+class Material(NamedTuple):
     """One consistent version of a lineage."""
 
     lineage: str

@@ -29,15 +29,15 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from certbot_atomic_deploy.atomicfile import (
     TEMP_SUFFIX,
     check_replaceable,
     open_directory,
+    random_token,
     remove_leftovers,
     write_failed,
     write_file_atomic,
@@ -55,8 +55,7 @@ _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEX
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
-class Undo:
+class Undo(NamedTuple):
     description: str
     action: Callable[[], None]
 
@@ -233,7 +232,7 @@ def switch_current(dir_fd: int, version: str | None, where: str) -> None:
         os.fsync(dir_fd)
         return
     for _ in range(16):
-        temp = f".{CURRENT}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        temp = f".{CURRENT}.{random_token()}{TEMP_SUFFIX}"
         try:
             os.symlink(version, temp, dir_fd=dir_fd)
             break
@@ -263,7 +262,7 @@ def publish_directory(target: Target, files: dict[str, bytes]) -> Undo:
         previous = current_version_dir(dir_fd)
         number = (versions(dir_fd) or [0])[-1] + 1
         final = f"v{number}"
-        temp = f".{final}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        temp = f".{final}.{random_token()}{TEMP_SUFFIX}"
         try:
             os.mkdir(temp, 0o700, dir_fd=dir_fd)  # (2)
             vfd = os.open(temp, _O_DIR, dir_fd=dir_fd)

@@ -12,13 +12,12 @@ the config (``atomic-deploy.state/`` for ``atomic-deploy.conf``), mode 0700:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from certbot_atomic_deploy.atomicfile import open_directory, write_file_atomic
 from certbot_atomic_deploy.errors import DeployError, LockError
@@ -28,8 +27,7 @@ STATE_FILE_MODE = 0o600
 LOCK_POLL = 0.1
 
 
-@dataclass
-class Record:
+class Record(NamedTuple):
     seq: int
     lineage: str
     version: int
@@ -39,10 +37,11 @@ class Record:
     published_at: str
 
 
-@dataclass
 class TargetState:
-    current: Record | None = None
-    history: list[Record] = field(default_factory=list)  # older publishes, oldest first
+    def __init__(self, current: Record | None = None,
+                 history: list[Record] | None = None) -> None:
+        self.current = current
+        self.history = history or []  # older publishes, oldest first
 
 
 class StateDir:
@@ -68,9 +67,8 @@ class StateDir:
              keep: int = 2) -> None:
         """Record ``state``; for a file target also keep ``file_bytes`` as its version."""
         state.history = state.history[-keep:] if keep else []
-        body = json.dumps({"current": dataclasses.asdict(state.current) if state.current
-                           else None,
-                           "history": [dataclasses.asdict(r) for r in state.history]},
+        body = json.dumps({"current": state.current._asdict() if state.current else None,
+                           "history": [r._asdict() for r in state.history]},
                           indent=2).encode()
         fd = self._open()
         try:

@@ -15,7 +15,7 @@ import datetime
 import fnmatch
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -27,8 +27,7 @@ from certbot_atomic_deploy.pem import Material
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-@dataclass(frozen=True)
-class CertInfo:
+class CertInfo(NamedTuple):
     serial: str
     not_before: datetime.datetime
     not_after: datetime.datetime

@@ -18,7 +18,7 @@ import os
 import pwd
 import re
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from certbot_perms.errors import SpecError
 
@@ -32,8 +32,7 @@ FORBIDDEN_KEY_BITS = (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP
 _OCTAL_MODE = re.compile(r"^(?:0o|0)?([0-7]{3,4})$")
 
 
-@dataclass(frozen=True)
-class PermSpec:
+class PermSpec(NamedTuple):
     """Final owner, group and mode of every private key of a lineage."""
 
     uid: int
