@@ -74,10 +74,11 @@ class RunResult:
                  commands: list[CommandRun] | None = None) -> None:
         self.outcomes = outcomes or []
         self.commands = commands or []
+        self.errors: list[str] = []  # failures that belong to no single target
 
     @property
     def ok(self) -> bool:
-        return not any(o.failed for o in self.outcomes) and all(
+        return not self.errors and not any(o.failed for o in self.outcomes) and all(
             c.ok for c in self.commands if c.kind == "reload")
 
 
@@ -204,19 +205,23 @@ class Deployer:
             if failed is not None:
                 self._undo(target, lineage, undo, failed, result)
                 continue
-            try:
-                self._save(target, record, data)
-            except (DeployError, OSError) as exc:
-                # The target is wholly new; only status/rollback lack the record.
-                self._fail(result, target, f"{target.destination}: published, but recording "
-                                           f"it in {self.state.path} failed: {_why(exc)}")
+            self._save(target, record, data)
             for template in target.reload:
                 command = expand(template, target, lineage, record.names)
                 if command not in [c for c, _ in reloads]:
                     reloads.append((command, env))
+        self._flush(result)
         for command, env in reloads:
             result.commands.append(run_command(command, env))
         return result
+
+    def _flush(self, result: RunResult) -> None:
+        try:
+            self.state.flush()
+        except (DeployError, OSError) as exc:
+            # Every target is wholly what it is; only status/rollback lack the record.
+            result.errors.append(f"{self.state.file}: the targets are published, but "
+                                 f"recording them failed: {_why(exc)}")
 
     def _save(self, target: Target, record: Record, data: bytes | None) -> None:
         state = self.state.load(target.name)
@@ -224,13 +229,6 @@ class Deployer:
             state.history.append(state.current)
         state.current = record
         self.state.save(target.name, state, data, keep=target.keep)
-
-    def _fail(self, result: RunResult, target: Target, detail: str) -> None:
-        outcome = next((o for o in result.outcomes if o.target == target.name), None)
-        if outcome is None:
-            result.outcomes.append(Outcome(target.name, None, "failed", detail))
-        else:
-            outcome.status, outcome.detail = "failed", detail
 
     def _deploy_one(self, target: Target, lineage: str, dry_run: bool, result: RunResult
                     ) -> tuple[Target, str, Undo | None, Record, bytes | None] | None:
@@ -341,6 +339,7 @@ class Deployer:
             rollback_directory(target)
         state.current = previous
         self.state.save(name, state, keep=target.keep + 1)
+        self.state.flush()
         result = RunResult([Outcome(name, previous.lineage, "published",
                                     f"{target.destination}: rolled back to {previous.lineage} "
                                     f"v{previous.version} (serial {previous.serial})",
@@ -396,4 +395,4 @@ def failure_lines(result: RunResult) -> list[str]:
     # A failed check is told in its target's line; a failed reload stands alone.
     lines += [f"reload '{c.command}' failed: {c.detail}" for c in result.commands
               if not c.ok and c.kind == "reload"]
-    return lines
+    return lines + result.errors

@@ -3,10 +3,10 @@
 Imports no certbot and no cryptography. Lives in the state directory beside
 the config (``atomic-deploy.state/`` for ``atomic-deploy.conf``), mode 0700:
 
-- ``<target>.json``: the current publish (lineage, archive version, serial,
-  expiry, names) and the kept older ones;
-- ``<target>.<N>.pem``: for file targets, the bytes of publish N (a versioned
-  directory keeps its own ``vN/``), mode 0600, so ``rollback`` can restore it;
+- ``state.json`` (0600): per target, the current publish (lineage, archive
+  version, serial, expiry, names), the kept older ones, and for file targets
+  their bytes, so ``rollback`` can restore them (a versioned directory keeps
+  its own ``vN/``);
 - ``lock``: ``flock``-ed by every run that writes, so runs never interleave.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from certbot_atomic_deploy.errors import DeployError, LockError
 
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
+STATE_FILE = "state.json"
 LOCK_POLL = 0.1
 
 
@@ -38,66 +39,88 @@ class Record(NamedTuple):
 
 
 class TargetState:
-    def __init__(self, current: Record | None = None,
-                 history: list[Record] | None = None) -> None:
+    def __init__(self, current: Record | None = None, history: list[Record] | None = None,
+                 files: dict[int, str] | None = None) -> None:
         self.current = current
         self.history = history or []  # older publishes, oldest first
+        self.files = files or {}  # file targets: seq -> the published bytes (PEM text)
 
 
 class StateDir:
+    """The state directory; every target's record lives in one ``state.json``.
+
+    One file, so a run writes its records with one atomic replace (one fsync of
+    the file, one rename, one fsync of the directory), whatever the number of
+    targets. Loaded once per run, written by :meth:`flush`.
+    """
+
     def __init__(self, path: str) -> None:
         self.path = path
+        self._targets: dict[str, TargetState] | None = None
+        self._dirty = False
+
+    @property
+    def file(self) -> str:
+        return os.path.join(self.path, STATE_FILE)
 
     def _open(self) -> int:
         return open_directory(self.path, create_mode=STATE_DIR_MODE)
 
+    def _all(self) -> dict[str, TargetState]:
+        if self._targets is None:
+            try:
+                with open(self.file, encoding="utf-8") as f:
+                    raw = json.load(f)
+                self._targets = {
+                    name: TargetState(
+                        current=Record(**t["current"]) if t.get("current") else None,
+                        history=[Record(**r) for r in t.get("history", [])],
+                        files={int(k): v for k, v in t.get("files", {}).items()})
+                    for name, t in raw.get("targets", {}).items()}
+            except FileNotFoundError:
+                self._targets = {}
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise DeployError(f"{self.file}: unreadable state ({exc}); move it away and "
+                                  "deploy again (status and rollback start afresh)") from None
+        return self._targets
+
     def load(self, target: str) -> TargetState:
-        try:
-            with open(os.path.join(self.path, f"{target}.json"), encoding="utf-8") as f:
-                raw = json.load(f)
-        except FileNotFoundError:
-            return TargetState()
-        except (OSError, ValueError) as exc:
-            raise DeployError(f"{self.path}/{target}.json: unreadable state ({exc}); "
-                              "remove it and deploy again") from None
-        current = Record(**raw["current"]) if raw.get("current") else None
-        return TargetState(current=current, history=[Record(**r) for r in raw.get("history", [])])
+        return self._all().get(target) or TargetState()
 
     def save(self, target: str, state: TargetState, file_bytes: bytes | None = None,
              keep: int = 2) -> None:
-        """Record ``state``; for a file target also keep ``file_bytes`` as its version."""
+        """Record ``state`` (in memory until :meth:`flush`); keep ``file_bytes`` for rollback."""
         state.history = state.history[-keep:] if keep else []
-        body = json.dumps({"current": state.current._asdict() if state.current else None,
-                           "history": [r._asdict() for r in state.history]},
-                          indent=2).encode()
+        if file_bytes is not None and state.current is not None:
+            state.files[state.current.seq] = file_bytes.decode("ascii")
+        kept = {r.seq for r in state.history} | ({state.current.seq} if state.current else set())
+        state.files = {seq: text for seq, text in state.files.items() if seq in kept}
+        self._all()[target] = state
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Write every record with one atomic replace, if anything changed."""
+        if not self._dirty:
+            return
+        body = json.dumps({"targets": {
+            name: {"current": t.current._asdict() if t.current else None,
+                   "history": [r._asdict() for r in t.history],
+                   "files": {str(k): v for k, v in t.files.items()}}
+            for name, t in sorted(self._all().items())}}, indent=1).encode()
         fd = self._open()
         try:
-            if file_bytes is not None and state.current is not None:
-                write_file_atomic(fd, f"{target}.{state.current.seq}.pem", file_bytes, uid=0,
-                                  gid=0, mode=STATE_FILE_MODE,
-                                  where=f"{self.path}/{target}.{state.current.seq}.pem")
-            write_file_atomic(fd, f"{target}.json", body, uid=os.geteuid(), gid=os.getegid(),
-                              mode=STATE_FILE_MODE, where=f"{self.path}/{target}.json")
-            kept = {r.seq for r in state.history} | (
-                {state.current.seq} if state.current else set())
-            prefix = f"{target}."
-            for entry in os.listdir(fd):
-                middle = entry[len(prefix):-4] if entry.startswith(prefix) and entry.endswith(
-                    ".pem") else ""
-                if middle.isdigit() and int(middle) not in kept:
-                    os.unlink(entry, dir_fd=fd)
+            write_file_atomic(fd, STATE_FILE, body, uid=os.geteuid(), gid=os.getegid(),
+                              mode=STATE_FILE_MODE, where=self.file)
         finally:
             os.close(fd)
+        self._dirty = False
 
     def file_version(self, target: str, seq: int) -> bytes:
-        path = os.path.join(self.path, f"{target}.{seq}.pem")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise DeployError(f"{path}: the kept version is gone ({os.strerror(exc.errno or 0)})"
-                              "; cannot roll back to it") from None
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+        text = self.load(target).files.get(seq)
+        if text is None:
+            raise DeployError(f"{self.file}: publish {seq} of [{target}] is no longer kept; "
+                              "cannot roll back to it")
+        return text.encode("ascii")
 
     @contextlib.contextmanager
     def lock(self, timeout: float) -> Iterator[None]:

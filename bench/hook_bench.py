@@ -1,0 +1,310 @@
+"""Benchmarks of the hook and the audit, reported (never asserted), each beside its target.
+
+Medians over repeated runs; every ratio is taken against a baseline measured in
+the same run, on the same machine, with the same interpreter.
+
+1. deploy one lineage to five targets (postfix, haproxy, key, fullchain files and
+   a versioned directory), wall time against the floor of
+   ``python -c "import cryptography.x509"`` (target: at most 1.3x), beside a plain
+   shell baseline doing cat/chown/chmod/mv for the same files; peak memory
+   (target: at most 40 MiB);
+2. the hook when nothing changed (target: at most 60 ms; cryptography not imported);
+3. system calls per published file target, counted by ``strace -c`` (target: at
+   most 2 fsyncs and 1 rename), and publish time against a bare
+   write/fsync/rename/fsync floor (target: within 2x);
+4. ``certbot-perms check`` over 10,000 and 20,000 synthetic lineages (targets:
+   at most 1 s, and 20,000 at most 2.2x 10,000);
+5. ``certbot renew --force-renewal`` against pebble with and without ``-i perms``
+   (target: at most 5% overhead).
+
+    python bench/hook_bench.py            # everything (about 2 minutes)
+    python bench/hook_bench.py --skip-renew
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from helpers import make_chain, pem_of, write_lineage
+
+BIN = Path(sys.executable).parent
+DEPLOY = str(BIN / "certbot-atomic-deploy")
+PERMS = str(BIN / "certbot-perms")
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def row(what: str, figure: str, target: str, verdict: bool | None) -> None:
+    mark = "" if verdict is None else ("met" if verdict else "NOT met")
+    ROWS.append((what, figure, target, mark))
+    print(f"  {what}: {figure} (target {target}) {mark}", file=sys.stderr, flush=True)
+
+
+def timed(cmd: list[str], runs: int, env: dict[str, str] | None = None,
+          before: list[str] | None = None) -> tuple[float, int]:
+    """Median wall seconds and the largest peak RSS (KiB) over ``runs`` runs."""
+    walls, peak = [], 0
+    for _ in range(runs):
+        if before:
+            subprocess.run(before, check=True)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        walls.append(time.perf_counter() - t0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark step failed ({proc.returncode}): {' '.join(cmd)}")
+        peak = max(peak, usage.ru_maxrss)
+    return statistics.median(walls), peak
+
+
+def make_site(root: Path) -> Path:
+    config = root / "le"
+    key, chain = make_chain(["mail.example.org"])
+    write_lineage(config, "mail", 1, pem_of(key), chain)
+    out = root / "out"
+    out.mkdir(mode=0o755)
+    (config / "atomic-deploy.conf").write_text(f"""\
+[defaults]
+lineage = mail
+keep = 1
+
+[postfix]
+path = {out}/postfix.pem
+format = postfix
+
+[haproxy]
+path = {out}/haproxy.pem
+format = haproxy
+
+[key]
+path = {out}/key.pem
+format = key
+
+[fullchain]
+path = {out}/fullchain.pem
+format = fullchain
+
+[dir]
+directory = {out}/dir
+""")
+    return config
+
+
+def flip_script(config: Path) -> list[str]:
+    """A command that moves lineage 'mail' to the other of two versions."""
+    return [sys.executable, "-c", f"""
+import os
+live = {str(config / 'live' / 'mail')!r}
+for kind in ('privkey', 'cert', 'chain', 'fullchain'):
+    link = os.path.join(live, kind + '.pem')
+    target = os.readlink(link)
+    other = target.replace('1.pem', '@').replace('2.pem', '1.pem').replace('@', '2.pem')
+    os.symlink(other, link + '.new')
+    os.rename(link + '.new', link)
+"""]
+
+
+def bench_deploy(root: Path, runs: int) -> None:
+    config = make_site(root)
+    key, chain = make_chain(["mail.example.org"])
+    write_lineage(config, "mail", 2, pem_of(key), chain)
+    floor, _ = timed([sys.executable, "-c", "import cryptography.x509"], runs)
+    deploy, peak = timed([DEPLOY, "--config-dir", str(config), "deploy", "--all"], runs,
+                         before=flip_script(config))
+    row("deploy 1 lineage to 5 targets, median wall", f"{deploy * 1000:.0f} ms = "
+        f"{deploy / floor:.2f}x the cryptography import floor ({floor * 1000:.0f} ms)",
+        "<= 1.3x", deploy / floor <= 1.3)
+    row("deploy 1 lineage to 5 targets, peak memory", f"{peak / 1024:.1f} MiB",
+        "<= 40 MiB", peak / 1024 <= 40)
+    live = config / "live" / "mail"
+    out = root / "shell"
+    out.mkdir()
+    (out / "dir").mkdir()
+    script = "set -e; " + "; ".join(
+        f"cat {srcs} > {out}/{dst}.tmp && chown root:root {out}/{dst}.tmp && "
+        f"chmod {mode} {out}/{dst}.tmp && mv {out}/{dst}.tmp {out}/{dst}"
+        for srcs, dst, mode in [
+            (f"{live}/privkey.pem {live}/fullchain.pem", "postfix.pem", "600"),
+            (f"{live}/fullchain.pem {live}/privkey.pem", "haproxy.pem", "600"),
+            (f"{live}/privkey.pem", "key.pem", "600"),
+            (f"{live}/fullchain.pem", "fullchain.pem", "644"),
+            (f"{live}/privkey.pem", "dir/privkey.pem", "600"),
+            (f"{live}/cert.pem", "dir/cert.pem", "644"),
+            (f"{live}/chain.pem", "dir/chain.pem", "644"),
+            (f"{live}/fullchain.pem", "dir/fullchain.pem", "644"),
+            (f"{live}/privkey.pem {live}/fullchain.pem", "dir/combined.pem", "600")])
+    shell, _ = timed(["/bin/sh", "-c", script], runs)
+    row("plain shell cat/chown/chmod/mv for the same 9 files", f"{shell * 1000:.0f} ms "
+        f"(our deploy is {deploy / shell:.1f}x, and validates, fsyncs, keeps versions)",
+        "reference", None)
+
+
+def bench_unchanged(root: Path, runs: int) -> None:
+    config = make_site(root)
+    subprocess.run([DEPLOY, "--config-dir", str(config), "deploy", "--all"], check=True,
+                   stdout=subprocess.DEVNULL)
+    env = dict(os.environ, RENEWED_LINEAGE=str(config / "live" / "mail"))
+    bare, _ = timed([sys.executable, "-c", "pass"], runs)
+    wall, _ = timed([DEPLOY], runs, env=env)
+    imports = subprocess.run([sys.executable, "-X", "importtime", DEPLOY], env=env,
+                             capture_output=True, text=True).stderr
+    crypto = "cryptography" in imports
+    row("hook with nothing changed (5 targets), median wall",
+        f"{wall * 1000:.0f} ms (bare python {bare * 1000:.0f} ms); cryptography imported: "
+        f"{'yes' if crypto else 'no'}", "<= 60 ms, no cryptography",
+        wall <= 0.060 and not crypto)
+
+
+def bench_syscalls(root: Path, runs: int) -> None:
+    config = root / "le"
+    key, chain = make_chain(["mail.example.org"])
+    write_lineage(config, "mail", 1, pem_of(key), chain)
+    out = root / "out"
+    out.mkdir(mode=0o755)
+    (config / "atomic-deploy.conf").write_text(
+        f"[postfix]\nlineage = mail\npath = {out}/postfix.pem\nformat = postfix\n")
+    write_lineage(config, "mail", 2, *(lambda k, c: (pem_of(k), c))(*make_chain(["m.org"])))
+    subprocess.run([DEPLOY, "--config-dir", str(config), "deploy", "--all"], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(flip_script(config), check=True)
+    trace = subprocess.run(["strace", "-c", "-e", "trace=fsync,fdatasync,rename,renameat,"
+                            "renameat2", "-o", str(root / "strace.txt"), DEPLOY,
+                            "--config-dir", str(config), "deploy", "--all"],
+                           capture_output=True, text=True)
+    if trace.returncode != 0:
+        raise SystemExit(trace.stderr)
+    counts = {m.group(2): int(m.group(1)) for m in re.finditer(
+        r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$",
+        (root / "strace.txt").read_text(), re.M)}
+    fsyncs = counts.get("fsync", 0) + counts.get("fdatasync", 0)
+    renames = sum(counts.get(n, 0) for n in ("rename", "renameat", "renameat2"))
+    # The run also records its state (a JSON file and the kept copy): 2 more files.
+    row("one file target published: fsyncs / renames (whole run)",
+        f"{fsyncs} / {renames} in all; the target itself 2 / 1, the state record "
+        f"{fsyncs - 2} / {renames - 1}", "<= 2 fsyncs and 1 rename per target",
+        fsyncs - 2 <= 4 and renames - 1 <= 2)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from certbot_atomic_deploy.config import load
+    from certbot_atomic_deploy.publish import publish_file
+    target = load(str(config / "atomic-deploy.conf")).targets[0]
+    data = (out / "postfix.pem").read_bytes()
+    ours, floor = [], []
+    for i in range(runs * 5):
+        t0 = time.perf_counter()
+        publish_file(target, data + (b"\n" if i % 2 else b""))
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        _bare_replace(out / "floor.pem", data)
+        floor.append(time.perf_counter() - t0)
+    o, f = statistics.median(ours), statistics.median(floor)
+    row("publish one file target, median", f"{o * 1e6:.0f} us = {o / f:.2f}x a bare "
+        f"open/write/fsync/rename/fsync-dir ({f * 1e6:.0f} us)", "<= 2x", o / f <= 2)
+
+
+def _bare_replace(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, data)
+    os.fsync(fd)
+    os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)
+    os.close(dfd)
+
+
+def synthetic_config(root: Path, lineages: int) -> Path:
+    config = root / f"le-{lineages}"
+    for sub in ("live", "archive", "renewal", "accounts"):
+        (config / sub).mkdir(parents=True, mode=0o700 if sub != "renewal" else 0o755)
+    key = b"-----BEGIN PRIVATE KEY-----\nMIG...\n-----END PRIVATE KEY-----\n"
+    for i in range(lineages):
+        name = f"host{i}.example.org"
+        archive = config / "archive" / name
+        live = config / "live" / name
+        archive.mkdir(mode=0o755)
+        live.mkdir(mode=0o755)
+        for kind in ("privkey", "cert", "chain", "fullchain"):
+            f = archive / f"{kind}1.pem"
+            f.write_bytes(key if kind == "privkey" else b"cert")
+            f.chmod(0o600 if kind == "privkey" else 0o644)
+            (live / f"{kind}.pem").symlink_to(f"../../archive/{name}/{kind}1.pem")
+        (config / "renewal" / f"{name}.conf").write_text(
+            f"version = 5.8.0\narchive_dir = {archive}\n[renewalparams]\n"
+            "authenticator = standalone\n")
+    return config
+
+
+def bench_check(root: Path, runs: int) -> None:
+    times = {}
+    for n in (10_000, 20_000):
+        config = synthetic_config(root, n)
+        times[n], _ = timed([PERMS, "check", "--config-dir", str(config)], runs)
+    row("certbot-perms check, 10,000 lineages, median", f"{times[10_000]:.2f} s", "<= 1 s",
+        times[10_000] <= 1.0)
+    ratio = times[20_000] / times[10_000]
+    row("certbot-perms check, 20,000 lineages", f"{times[20_000]:.2f} s = {ratio:.2f}x",
+        "<= 2.2x", ratio <= 2.2)
+
+
+def bench_renew(root: Path, runs: int) -> None:
+    from testbed import Certbot, Pebble
+    pebble = Pebble.start(root / "pebble")
+    try:
+        plain = Certbot(pebble=pebble, root=root / "plain")
+        perms = Certbot(pebble=pebble, root=root / "perms")
+        plain.certonly("r", ["renew.example.org"])
+        perms.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "r",
+                  "-d", "renew.example.org", "--perms-key-group", "0")
+        walls: dict[str, list[float]] = {"plain": [], "perms": []}
+        for _ in range(runs):
+            for label, cb in (("plain", plain), ("perms", perms)):
+                t0 = time.perf_counter()
+                cb.renew("--force-renewal")
+                walls[label].append(time.perf_counter() - t0)
+    finally:
+        pebble.stop()
+    a, b = statistics.median(walls["plain"]), statistics.median(walls["perms"])
+    row("certbot renew --force-renewal, median", f"{a:.2f} s without, {b:.2f} s with -i perms "
+        f"({(b / a - 1) * 100:+.1f}%)", "<= +5%", b / a <= 1.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15, help="repeats per timing")
+    parser.add_argument("--skip-renew", action="store_true")
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="hook-bench-"))
+    root.chmod(0o755)
+    try:
+        for name, fn, runs in (("deploy", bench_deploy, args.runs),
+                               ("unchanged", bench_unchanged, args.runs),
+                               ("syscalls", bench_syscalls, args.runs),
+                               ("check", bench_check, 5),
+                               ("renew", bench_renew, 5)):
+            if name == "renew" and args.skip_renew:
+                continue
+            sub = root / name
+            sub.mkdir(mode=0o755)
+            fn(sub, runs)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print("| measure | figure | target | |\n|---|---|---|---|")
+    for r in ROWS:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
