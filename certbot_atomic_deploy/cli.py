@@ -100,7 +100,8 @@ def _show_config(config: Config) -> None:
     for t in config.targets:
         which = (f"lineage {', '.join(t.lineages)}" if t.lineages
                  else f"the lineage covering {', '.join(t.domains)}")
-        print(f"[{t.name}] {which} -> {t.describe()}; key files "
+        preset = f" (preset {t.preset})" if t.preset else ""
+        print(f"[{t.name}]{preset} {which} -> {t.describe()}; key files "
               f"{t.owner_name}:{t.group_name} {t.key_mode:04o}, others 0644; keep {t.keep}")
         if t.domains and t.lineages:
             print(f"    must cover: {', '.join(t.domains)}")

@@ -38,6 +38,7 @@ except ImportError:  # configobj < 5.0.9 ships it as a top-level module
 
 from certbot_atomic_deploy.errors import ConfigError
 from certbot_atomic_deploy.pem import FILE_FORMATS, FORMAT_ALIASES, holds_key
+from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
 from certbot_perms.errors import SpecError
 from certbot_perms.spec import parse_mode, resolve_group, resolve_user
 
@@ -49,7 +50,9 @@ PUBLIC_FILE_MODE = 0o644
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FORMATS = ", ".join(repr(f) for f in (*FILE_FORMATS, *FORMAT_ALIASES))
 
+_PRESETS = ", ".join(repr(p) for p in PRESETS)
 _TARGET_SPEC = f"""\
+preset = option({_PRESETS}, default=None)
 lineage = force_list(default=None)
 domains = force_list(default=None)
 path = string(default=None)
@@ -64,7 +67,7 @@ keep = integer(min=0, max=100, default=None)
 """
 CONFIGSPEC = ("[defaults]\n" + _TARGET_SPEC + "[__many__]\n" + _TARGET_SPEC).splitlines()
 # Keys that only make sense per target, never in [defaults].
-_TARGET_ONLY = ("path", "directory")
+_TARGET_ONLY = ("path", "directory", "preset")
 
 
 class Target(NamedTuple):
@@ -82,6 +85,7 @@ class Target(NamedTuple):
     reload: tuple[str, ...]
     check: tuple[str, ...]
     keep: int
+    preset: str | None = None
 
     @property
     def destination(self) -> str:
@@ -120,8 +124,14 @@ def _absolute(value: str, where: str) -> str:
 
 def _target(name: str, section: dict[str, object], defaults: dict[str, object],
             file: str) -> Target:
+    preset_name = section.get("preset")
+    preset = PRESETS[str(preset_name)].values if preset_name is not None else {}
+
     def get(key: str) -> object:
+        # The target's own value, else its preset's, else [defaults].
         value = section.get(key)
+        if value is None:
+            value = preset.get(key)
         return defaults.get(key) if value is None else value
 
     def get_list(key: str) -> tuple[str, ...]:
@@ -129,8 +139,11 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
     def where(key: str) -> str:
-        in_section = section.get(key) is not None
-        return f"{file}: [{name if in_section else 'defaults'}] {key}"
+        if section.get(key) is not None:
+            return f"{file}: [{name}] {key}"
+        if key in preset:
+            return f"{file}: [{name}] {key} (from preset {preset_name})"
+        return f"{file}: [defaults] {key}"
 
     if not TARGET_NAME.match(name):
         raise ConfigError(f"{file}: [{name}]: a target name may hold letters, digits, "
@@ -151,13 +164,13 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
     if path is not None:
         if fmt is None:
             raise ConfigError(f"{file}: [{name}] format: missing; a file target needs one "
-                              f"of {_FORMATS}")
+                              f"of {_FORMATS} (or a preset)")
         fmt = FORMAT_ALIASES.get(str(fmt), str(fmt))
     elif section.get("format") is not None:
         raise ConfigError(f"{where('format')}: a directory target holds every format; "
                           "remove format")
     else:
-        fmt = None
+        fmt = None  # a preset's format is for file targets; a directory holds them all
     owner = get("owner")
     group = get("group")
     uid, owner_name = (_spec_value(resolve_user, str(owner), where("owner"))
@@ -169,6 +182,13 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         key_mode = _spec_value(parse_mode, str(mode_value), where("mode"))
     else:
         key_mode = 0o640 if group else KEY_FILE_MODE
+    if preset_name is not None:
+        why = preset_mode_error(str(preset_name), key_mode)
+        if why is not None:
+            raise ConfigError(f"{where('mode')}: {why}")
+        if PRESETS[str(preset_name)].root_owned and uid != 0:
+            raise ConfigError(f"{where('owner')}: {preset_name} refuses a key file not owned "
+                              f"by root ({PRESETS[str(preset_name)].why})")
     keep = get("keep")
     return Target(
         name=name, lineages=lineages, domains=domains,
@@ -179,7 +199,8 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         key_mode=key_mode,
         reload=get_list("reload"),
         check=get_list("check"),
-        keep=DEFAULT_KEEP if keep is None else int(str(keep)))
+        keep=DEFAULT_KEEP if keep is None else int(str(keep)),
+        preset=str(preset_name) if preset_name is not None else None)
 
 
 def file_mode(target: Target, fmt: str) -> int:
