@@ -1,0 +1,285 @@
+"""Real daemons from Debian's packages, each on a loopback port with a config the test writes.
+
+Each context manager starts one daemon as a private instance (no init system,
+nothing of /etc/<daemon> read or changed), waits until its port answers, and
+stops exactly the process it started, by its PID. ``served_serial`` asks the
+daemon for its certificate with a real TLS client (``openssl s_client``).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed import free_port
+
+READY_TIMEOUT = 20.0
+
+
+@dataclass
+class Daemon:
+    name: str
+    port: int
+    root: Path
+    pid_file: Path
+    check: str   # the config test, as a shell command
+    reload: str  # the reload, as a shell command
+
+    def pid(self) -> int:
+        return int(self.pid_file.read_text().split()[0])
+
+
+def _wait_port(port: int, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within "
+                       f"{READY_TIMEOUT:.0f} s\n{tail}")
+
+
+def _stop_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _dir(path: Path, mode: int = 0o755) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(mode)
+    return path
+
+
+@contextmanager
+def postfix(root: Path, chain_files: str) -> Iterator[Daemon]:
+    """A private Postfix: smtpd with ``smtpd_tls_chain_files``, a fresh smtpd per connection."""
+    root = _dir(root)
+    port = free_port()
+    _dir(root / "queue")
+    _dir(root / "log")
+    (root / "main.cf").write_text(f"""\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mail.example.org
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+alias_maps =
+alias_database =
+local_recipient_maps =
+notify_classes =
+maillog_file_prefixes = {root}
+maillog_file = {root}/log/maillog
+smtpd_tls_security_level = may
+smtpd_tls_chain_files = {chain_files}
+""")
+    (root / "master.cf").write_text(f"""\
+127.0.0.1:{port} inet n - n - - smtpd -o max_use=1
+tlsmgr unix - - n 1000? 1 tlsmgr
+anvil unix - - n - 1 anvil
+postlog unix-dgram n - n - 1 postlogd
+""")
+    daemon = Daemon("postfix", port, root, root / "queue" / "pid" / "master.pid",
+                    check=f"postfix -c {root} check", reload=f"postfix -c {root} reload")
+    subprocess.run(["postfix", "-c", str(root), "start"], check=True, capture_output=True,
+                   timeout=60)
+    try:
+        _wait_port(port, "postfix", root / "log" / "maillog")
+        yield daemon
+    finally:
+        if daemon.pid_file.exists():
+            _stop_pid(daemon.pid())
+
+
+@contextmanager
+def nginx(root: Path, cert: str, key: str) -> Iterator[Daemon]:
+    """A private nginx master in the foreground, serving TLS with cert and key."""
+    root = _dir(root)
+    port = free_port()
+    conf = root / "nginx.conf"
+    conf.write_text(f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/tmp;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+""")
+    daemon = Daemon("nginx", port, root, root / "nginx.pid",
+                    check=f"nginx -t -q -c {conf}", reload=f"nginx -c {conf} -s reload")
+    with open(root / "stdout.log", "wb") as log:
+        proc = subprocess.Popen(["nginx", "-c", str(conf)], stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL)
+    try:
+        _wait_port(port, "nginx", root / "error.log")
+        yield daemon
+    finally:
+        _stop_pid(proc.pid)
+        proc.wait(timeout=20)
+
+
+@contextmanager
+def haproxy(root: Path, crt: str) -> Iterator[Daemon]:
+    """A private HAProxy (master-worker, foreground) terminating TLS with one crt file."""
+    root = _dir(root)
+    port = free_port()
+    conf = root / "haproxy.cfg"
+    conf.write_text(f"""\
+global
+    log stderr format raw local0 err
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 5s
+    timeout server 5s
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {crt}
+    http-request return status 200 content-type text/plain string ok
+""")
+    pid_file = root / "haproxy.pid"
+    daemon = Daemon("haproxy", port, root, pid_file, check=f"haproxy -c -q -f {conf}",
+                    reload=f"kill -USR2 $(cat {pid_file})")
+    with open(root / "haproxy.log", "wb") as log:
+        proc = subprocess.Popen(["haproxy", "-W", "-db", "-f", str(conf), "-p", str(pid_file)],
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        _wait_port(port, "haproxy", root / "haproxy.log")
+        yield daemon
+    finally:
+        _stop_pid(proc.pid)
+        proc.wait(timeout=20)
+
+
+@contextmanager
+def dovecot(root: Path, cert: str, key: str) -> Iterator[Daemon]:
+    """A private Dovecot (IMAP with STARTTLS only), foreground, its own base_dir."""
+    root = _dir(root)
+    port = free_port()
+    conf = root / "dovecot.conf"
+    conf.write_text(f"""\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+auth_mechanisms = plain
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={root}/home
+}}
+mail_location = maildir:{root}/home/mail
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+""")
+    _dir(root / "run")
+    _dir(root / "state")
+    daemon = Daemon("dovecot", port, root, root / "run" / "master.pid",
+                    check=f"doveconf -c {conf} -n > /dev/null",
+                    reload=f"doveadm -c {conf} reload")
+    with open(root / "stdout.log", "wb") as log:
+        proc = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL)
+    try:
+        _wait_port(port, "dovecot", root / "dovecot.log")
+        yield daemon
+    finally:
+        _stop_pid(proc.pid)
+        proc.wait(timeout=20)
+
+
+def served_serial(port: int, starttls: str | None = None, attempts: int = 3) -> int:
+    """The serial of the certificate the daemon serves, via ``openssl s_client``."""
+    cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+           "-servername", "mail.example.org"]
+    if starttls:
+        cmd += ["-starttls", starttls]
+    last = ""
+    for _ in range(attempts):
+        hello = subprocess.run(cmd, input=b"", capture_output=True, timeout=30)
+        cert = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=hello.stdout,
+                              capture_output=True, timeout=30)
+        if cert.returncode == 0:
+            return int(cert.stdout.decode().strip().split("=", 1)[1], 16)
+        last = hello.stderr.decode(errors="replace")[-500:]
+        time.sleep(0.5)
+    raise AssertionError(f"no certificate served on port {port}: {last}")
+
+
+def lineage_serial(live: Path) -> int:
+    from cryptography import x509
+    return int(x509.load_pem_x509_certificate((live / "cert.pem").read_bytes()).serial_number)
+
+
+def seed(path: Path, order: str = "key-first") -> None:
+    """A throwaway certificate where a daemon expects one, as a running server already has.
+
+    ``path`` is a file (key then chain, or chain then key with order='key-last'),
+    or, for a versioned directory, the directory: v0/ with every file and current -> v0.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from helpers import make_chain, pem_of
+    key, chain = make_chain(["mail.example.org"])
+    key_pem = pem_of(key)
+    pems = [c.public_bytes(serialization.Encoding.PEM) for c in chain]
+    full = b"".join(pems)
+    if path.suffix == ".pem":
+        path.write_bytes(key_pem + full if order == "key-first" else full + key_pem)
+        path.chmod(0o600)
+        return
+    v0 = _dir(path / "v0")
+    for name, data in (("privkey.pem", key_pem), ("cert.pem", pems[0]),
+                       ("chain.pem", b"".join(pems[1:])), ("fullchain.pem", full),
+                       ("combined.pem", key_pem + full)):
+        (v0 / name).write_bytes(data)
+        (v0 / name).chmod(0o600 if b"PRIVATE" in data else 0o644)
+    (path / "current").symlink_to("v0")

@@ -1,0 +1,152 @@
+"""Real servers serve what we publish: Postfix, HAProxy, nginx and Dovecot through renewals.
+
+For each: issue through certbot and pebble, deploy with the daemon's preset,
+connect with ``openssl s_client`` and compare the served serial with the
+lineage's; renew (certbot runs our deploy hook, which runs the check and the
+reload) and compare again. A broken nginx config shows the rollback: the
+check fails, the target goes back, nginx keeps serving the previous certificate.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from daemons import dovecot, haproxy, lineage_serial, nginx, postfix, seed, served_serial
+from helpers import DEPLOY, deploy, mode_of, write_conf
+
+from testbed import Certbot
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(d, path="/usr/sbin:/usr/bin") for d in
+            ("postfix", "haproxy", "nginx", "dovecot")),
+    reason="the daemons are installed by scripts/test (postfix haproxy nginx-light "
+           "dovecot-imapd)")
+
+
+def _issue_with_hook(certbot: Certbot, name: str = "mail") -> Path:
+    certbot.extra_env["PATH"] = f"{Path(DEPLOY).parent}:/usr/sbin:{os.environ['PATH']}"
+    certbot.certonly(name, ["mail.example.org"], "--deploy-hook", "certbot-atomic-deploy")
+    return certbot.live(name)
+
+
+def test_postfix_serves_the_combined_file_through_a_renewal(certbot: Certbot,
+                                                            open_tmp: Path) -> None:
+    tls = open_tmp / "postfix-tls"
+    tls.mkdir(mode=0o755)
+    pf_root = open_tmp / "postfix"
+    certbot.config_dir.mkdir(parents=True)
+    write_conf(certbot.config_dir, f"""\
+[postfix]
+preset = postfix
+lineage = mail
+path = {tls}/mail.pem
+check = postfix -c {pf_root} check
+reload = postfix -c {pf_root} reload
+""")
+    seed(tls / "mail.pem")
+    with postfix(pf_root, f"{tls}/mail.pem") as daemon:
+        live = _issue_with_hook(certbot)
+        assert mode_of(tls / "mail.pem") == 0o600
+        assert served_serial(daemon.port, "smtp") == lineage_serial(live)
+        certbot.renew("--force-renewal")
+        assert served_serial(daemon.port, "smtp") == lineage_serial(live)
+        assert lineage_serial(live) != int(
+            __import__("cryptography.x509", fromlist=["x509"]).load_pem_x509_certificate(
+                (certbot.archive("mail") / "cert1.pem").read_bytes()).serial_number)
+
+
+def test_haproxy_serves_the_combined_file_through_a_renewal(certbot: Certbot,
+                                                            open_tmp: Path) -> None:
+    out = open_tmp / "haproxy-certs"
+    out.mkdir(mode=0o755)
+    crt = out / "mail.pem"
+    hp_root = open_tmp / "haproxy"
+    certbot.config_dir.mkdir(parents=True)
+    conf_body = f"""\
+[haproxy]
+preset = haproxy
+lineage = mail
+path = {crt}
+check = haproxy -c -q -f {hp_root}/haproxy.cfg
+reload = kill -USR2 $(cat {hp_root}/haproxy.pid)
+"""
+    write_conf(certbot.config_dir, conf_body)
+    seed(crt, order="key-last")
+    with haproxy(hp_root, str(crt)) as daemon:
+        live = _issue_with_hook(certbot)
+        first = lineage_serial(live)
+        _eventually(lambda: served_serial(daemon.port) == first)
+        certbot.renew("--force-renewal")
+        _eventually(lambda: served_serial(daemon.port) == lineage_serial(live) != first)
+
+
+def test_nginx_on_a_versioned_directory_and_rollback_on_a_broken_config(
+        certbot: Certbot, open_tmp: Path) -> None:
+    directory = open_tmp / "nginx-tls"
+    ng_root = open_tmp / "nginx"
+    certbot.config_dir.mkdir(parents=True)
+    write_conf(certbot.config_dir, f"""\
+[nginx]
+preset = nginx
+lineage = mail
+directory = {directory}
+check = nginx -t -q -c {ng_root}/nginx.conf
+reload = nginx -c {ng_root}/nginx.conf -s reload
+""")
+    seed(directory)
+    current = directory / "current"
+    with nginx(ng_root, f"{current}/fullchain.pem", f"{current}/privkey.pem") as daemon:
+        live = _issue_with_hook(certbot)
+        v1 = lineage_serial(live)
+        _eventually(lambda: served_serial(daemon.port) == v1)
+        certbot.renew("--force-renewal")
+        _eventually(lambda: served_serial(daemon.port) == lineage_serial(live) != v1)
+        v2 = lineage_serial(live)
+        assert os.readlink(current) == "v2"  # v0 was the seed, v1 the issuance
+
+        conf = ng_root / "nginx.conf"
+        conf.write_text(conf.read_text() + "\nthis is not nginx syntax;\n")
+        renewed = certbot.renew("--force-renewal", check=False)
+        assert "reported error code 1" in renewed.stderr or "error" in renewed.stderr.lower()
+        assert lineage_serial(live) != v2  # certbot did renew ...
+        assert os.readlink(current) == "v2"  # ... but the target went back
+        assert served_serial(daemon.port) == v2  # and nginx was not reloaded
+        status = deploy(certbot.config_dir, "status")
+        assert "lineage is at v3; run deploy" in status.stdout
+
+
+def test_dovecot_on_a_versioned_directory_through_a_renewal(certbot: Certbot,
+                                                           open_tmp: Path) -> None:
+    directory = open_tmp / "dovecot-tls"
+    dc_root = open_tmp / "dovecot"
+    certbot.config_dir.mkdir(parents=True)
+    write_conf(certbot.config_dir, f"""\
+[dovecot]
+preset = dovecot
+lineage = mail
+directory = {directory}
+check = doveconf -c {dc_root}/dovecot.conf -n > /dev/null
+reload = doveadm -c {dc_root}/dovecot.conf reload
+""")
+    seed(directory)
+    current = directory / "current"
+    with dovecot(dc_root, f"{current}/fullchain.pem", f"{current}/privkey.pem") as daemon:
+        live = _issue_with_hook(certbot)
+        v1 = lineage_serial(live)
+        _eventually(lambda: served_serial(daemon.port, "imap") == v1)
+        certbot.renew("--force-renewal")
+        _eventually(lambda: served_serial(daemon.port, "imap") == lineage_serial(live) != v1)
+
+
+def _eventually(check: object, seconds: float = 10.0) -> None:
+    """A reload is asynchronous in the daemon: poll (bounded) until ``check()`` holds."""
+    import time
+    deadline = time.monotonic() + seconds
+    while True:
+        if check():  # type: ignore[operator]
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("the daemon did not serve the new certificate in time")
+        time.sleep(0.2)
