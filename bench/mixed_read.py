@@ -88,12 +88,16 @@ class Writer:
             self.publish(0)
 
     def _certbot_setup(self) -> None:
+        from certbot import configuration
         from certbot._internal import cli, storage
         from certbot._internal.plugins import disco
         config_dir = self.root / "le"
         args = ["certonly", "--config-dir", str(config_dir), "--work-dir",
                 str(self.root / "work"), "--logs-dir", str(self.root / "logs")]
-        self.config = cli.prepare_and_parse_args(disco.PluginsRegistry.find_all(), args)
+        parsed = cli.prepare_and_parse_args(disco.PluginsRegistry.find_all(), args)
+        # certbot 2.x returns the argparse namespace, later releases the config itself
+        self.config = (parsed if isinstance(parsed, configuration.NamespaceConfig)
+                       else configuration.NamespaceConfig(parsed))
         p = self.pairs[0]
         self.lineage = storage.RenewableCert.new_lineage("bench", p.cert, p.key, p.chain,
                                                          self.config)

@@ -27,7 +27,9 @@ Steps (marked ``# (N)`` in the body):
 5. ``rename`` the temp name over the destination (atomic for readers).
 6. ``fsync`` the directory, so the rename itself is durable.
 
-On any failure the temp file is unlinked and the destination is untouched.
+On any failure up to (5) the temp file is unlinked and the destination is
+untouched; if only (6) fails, the new content is in place (readers see it) but
+its durability is not promised, and the error says so.
 If the process dies between (2) and (5), a ``.<name>.*.tmp`` file remains:
 :func:`remove_leftovers` (called by every run before it writes) removes them.
 

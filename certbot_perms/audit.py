@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 from certbot_perms import acl
 from certbot_perms.errors import PermsError
-from certbot_perms.lineage import PRIVKEY_NAME, ApplyReport, apply_to_key
+from certbot_perms.lineage import PRIVKEY_NAME, ApplyReport, apply_to_key, open_config_dir
 from certbot_perms.records import spec_for
 from certbot_perms.spec import KEY_MODE_OWNER_ONLY, PermSpec, exceeds
 
@@ -183,11 +183,7 @@ def _audit_accounts(root_fd: int, config_dir: str, fix: bool, out: list[Finding]
 
 def audit(config_dir: str, fix: bool = False) -> list[Finding]:
     """Every finding in ``config_dir`` (fixed in place when ``fix``)."""
-    try:
-        root_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise PermsError(f"{config_dir}: cannot open the certbot config dir: "
-                         f"{os.strerror(exc.errno or 0)} (give --config-dir)") from None
+    root_fd = open_config_dir(config_dir)
     out: list[Finding] = []
     try:
         _audit_dir(root_fd, config_dir, False, fix, out)

@@ -280,6 +280,18 @@ def _who(who: dict[str, int], spec: PermSpec) -> str:
     return f"user {spec.owner_name}" if "uid" in who else f"group {spec.group_name}"
 
 
+def open_config_dir(config_dir: str) -> int:
+    """The certbot config dir, opened once; everything below is reached relative to it.
+
+    The config dir itself may be a symlink (a moved /etc/letsencrypt); nothing below it may.
+    """
+    try:
+        return os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LineageError(f"{config_dir}: cannot open the certbot config dir: "
+                           f"{os.strerror(exc.errno or 0)} (give --config-dir)") from None
+
+
 def apply_key_permissions(config_dir: str, name: str, spec: PermSpec) -> ApplyReport:
     """Give every key of lineage ``name`` the spec and let its readers reach it.
 
@@ -289,11 +301,7 @@ def apply_key_permissions(config_dir: str, name: str, spec: PermSpec) -> ApplyRe
     never widened), :class:`PermsError` for anything else it cannot do.
     """
     report = ApplyReport(lineage=name, spec=spec)
-    try:
-        root_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise LineageError(f"{config_dir}: cannot open the certbot config dir: "
-                           f"{os.strerror(exc.errno or 0)} (give --config-dir)") from None
+    root_fd = open_config_dir(config_dir)
     try:
         live_rel = f"live/{name}"
         live_shown = os.path.join(config_dir, live_rel)
