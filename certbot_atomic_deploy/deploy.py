@@ -178,13 +178,15 @@ class Deployer:
                 result.outcomes.append(Outcome(target.name, None, "failed", str(exc)))
                 continue
             if not chosen:
-                if target.lineages and wanted is None:
-                    missing = [n for n in target.lineages
-                               if n not in list_lineages(self.config_dir)]
+                # Only a domains target can choose nothing (a named lineage that does
+                # not exist fails when it is read). In the hook, another lineage was
+                # renewed: nothing to say. With --all, say that nothing covers it.
+                if wanted is None:
                     result.outcomes.append(Outcome(
                         target.name, None, "failed",
-                        f"lineage {', '.join(missing)} not found in "
-                        f"{self.config_dir}/live (see 'certbot certificates')"))
+                        f"{self.config.path}: [{target.name}] no lineage in "
+                        f"{self.config_dir}/live covers {', '.join(target.domains)} (see "
+                        "'certbot certificates')"))
                 continue
             if len(chosen) > 1:
                 result.outcomes.append(Outcome(

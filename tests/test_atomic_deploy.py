@@ -368,3 +368,19 @@ reload = "printf '%s|' {{path}} {{lineage}} {{domains}} > {log}"
     assert result.returncode == 0, result.stderr
     assert log.read_text() == f"{odd}/mail.pem|mail|mail.example.org smtp.example.org|"
     assert not list(site.rglob("pwned"))
+
+
+def test_all_says_when_no_lineage_covers_a_domains_target(site: Path) -> None:
+    write_conf(site / "le", f"[www]\ndomains = www.example.net\npath = {site}/out/www.pem\n"
+                            "format = haproxy\n")
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 1
+    assert "[www] no lineage in" in one_line(result) and "covers www.example.net" in result.stderr
+    assert list((site / "out").iterdir()) == []
+
+
+def test_a_named_lineage_that_does_not_exist_is_one_line(site: Path) -> None:
+    write_conf(site / "le", f"[t]\nlineage = nosuch\npath = {site}/out/t.pem\nformat = key\n")
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 1
+    assert "live/nosuch/privkey.pem: missing (is 'nosuch' a certbot lineage?" in one_line(result)
