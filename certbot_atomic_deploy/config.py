@@ -1,4 +1,4 @@
-"""The deploy configuration: a configobj file checked against a validation spec.
+"""The deploy configuration: a configobj file checked against a validation spec (SPEC).
 
 Imports no certbot and no cryptography. Example (``/etc/letsencrypt/atomic-deploy.conf``)::
 
@@ -29,12 +29,7 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
-from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
-
-try:
-    from configobj.validate import Validator
-except ImportError:  # configobj < 5.0.9 ships it as a top-level module
-    from validate import Validator
+from configobj import ConfigObj, ConfigObjError, Section
 
 from certbot_atomic_deploy.errors import ConfigError
 from certbot_atomic_deploy.pem import FILE_FORMATS, FORMAT_ALIASES, holds_key
@@ -48,24 +43,57 @@ DEFAULT_KEEP = 2
 KEY_FILE_MODE = 0o600
 PUBLIC_FILE_MODE = 0o644
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_FORMATS = ", ".join(repr(f) for f in (*FILE_FORMATS, *FORMAT_ALIASES))
 
-_PRESETS = ", ".join(repr(p) for p in PRESETS)
-_TARGET_SPEC = f"""\
-preset = option({_PRESETS}, default=None)
-lineage = force_list(default=None)
-domains = force_list(default=None)
-path = string(default=None)
-directory = string(default=None)
-format = option({_FORMATS}, default=None)
-owner = string(default=None)
-group = string(default=None)
-mode = string(default=None)
-reload = force_list(default=None)
-check = force_list(default=None)
-keep = integer(min=0, max=100, default=None)
-"""
-CONFIGSPEC = ("[defaults]\n" + _TARGET_SPEC + "[__many__]\n" + _TARGET_SPEC).splitlines()
+
+def _one(value: object, why: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"takes one value, not a list ({why})")
+    return value
+
+
+def _text(why: str) -> Callable[[object], object]:
+    return lambda value: _one(value, why)
+
+
+def _words(value: object) -> list[str]:
+    # An empty value is an empty list: "reload =" in a target turns off its preset's.
+    items = value if isinstance(value, list) else [value]
+    return [str(v) for v in items if str(v).strip()]
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        if _one(value, "one name") not in choices:
+            raise ValueError(f"'{value}' is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def _keep(value: object) -> object:
+    text = _one(value, "a number")
+    if not text.isdigit() or not 0 <= int(text) <= 100:
+        raise ValueError(f"'{text}' is not a number from 0 to 100")
+    return int(text)
+
+
+# The validation spec: every key a target section (or [defaults]) may hold, and how
+# its value is checked; a key not here is an error. configobj splits a value at
+# commas into a list, so a single-valued key refuses one that became a list.
+SPEC: dict[str, Callable[[object], object]] = {
+    "preset": _choice(tuple(PRESETS)),
+    "lineage": _words,
+    "domains": _words,
+    "path": _text("quote a path that holds a comma"),
+    "directory": _text("quote a path that holds a comma"),
+    "format": _choice((*FILE_FORMATS, *FORMAT_ALIASES)),
+    "owner": _text("one user"),
+    "group": _text("one group"),
+    "mode": _text("one octal mode"),
+    "reload": _words,
+    "check": _words,
+    "keep": _keep,
+}
+_FORMATS = ", ".join(repr(f) for f in (*FILE_FORMATS, *FORMAT_ALIASES))
 # Keys that only make sense per target, never in [defaults].
 _TARGET_ONLY = ("path", "directory", "preset")
 
@@ -208,11 +236,29 @@ def file_mode(target: Target, fmt: str) -> int:
     return target.key_mode if holds_key(fmt) else PUBLIC_FILE_MODE
 
 
+def _checked(path: str, name: str, section: Section) -> dict[str, object]:
+    """One section's values checked against SPEC (in file order)."""
+    for sub in section.sections:
+        raise ConfigError(f"{path}: [{name}] [[{sub}]]: unknown subsection (targets are "
+                          "top-level sections)")
+    values: dict[str, object] = {}
+    for key in section.scalars:
+        check = SPEC.get(key)
+        if check is None:
+            raise ConfigError(f"{path}: [{name}] {key}: unknown key (see "
+                              "'certbot-atomic-deploy --help' for the keys a target takes)")
+        try:
+            values[key] = check(section[key])
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [{name}] {key}: {exc}") from None
+    return values
+
+
 def load(path: str) -> Config:
     """Read and validate the configuration file; raise ConfigError naming what is wrong."""
     try:
-        conf = ConfigObj(path, configspec=CONFIGSPEC, file_error=True, interpolation=False,
-                         list_values=True, raise_errors=True)
+        conf = ConfigObj(path, file_error=True, interpolation=False, list_values=True,
+                         raise_errors=True)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror} (create it, or give "
                           "--config)") from None
@@ -221,24 +267,13 @@ def load(path: str) -> Config:
     for key in conf.scalars:
         raise ConfigError(f"{path}: '{key}' is outside any section (put it in [defaults] "
                           "or a target section)")
-    result = conf.validate(Validator(), preserve_errors=True)
-    if result is not True:
-        for sections, key, error in flatten_errors(conf, result):
-            section = "/".join(sections)
-            if key is None:
-                raise ConfigError(f"{path}: [{section}]: missing section")
-            reason = str(error) if error is not False else "missing"
-            raise ConfigError(f"{path}: [{section}] {key}: {reason}")
-    for sections, key in get_extra_values(conf):
-        where = "/".join(sections)
-        raise ConfigError(f"{path}: [{where}] {key}: unknown key (see "
-                          "'certbot-atomic-deploy --help' for the keys a target takes)")
-    defaults = dict(conf.get("defaults", {}))
+    sections = {name: _checked(path, name, conf[name]) for name in conf.sections}
+    defaults = sections.pop("defaults", {})
     for key in _TARGET_ONLY:
         if defaults.get(key) is not None:
             raise ConfigError(f"{path}: [defaults] {key}: belongs in a target section")
-    targets = tuple(_target(name, dict(conf[name]), defaults, path)
-                    for name in conf.sections if name != "defaults")
+    targets = tuple(_target(name, section, defaults, path)
+                    for name, section in sections.items())
     if not targets:
         raise ConfigError(f"{path}: no target sections (add one, e.g. [postfix] with "
                           "lineage, path and format)")

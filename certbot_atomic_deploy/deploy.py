@@ -122,6 +122,7 @@ class Deployer:
         self.state = StateDir(config.state_dir)
         self.now = now
         self._material: dict[str, Material | ValidationError] = {}
+        self._checked: dict[str, CertInfo | ValidationError] = {}
         self._names: dict[str, tuple[str, ...]] = {}
 
     # -- reading
@@ -134,6 +135,20 @@ class Deployer:
             except ValidationError as exc:
                 cached = exc
             self._material[lineage] = cached
+        if isinstance(cached, ValidationError):
+            raise cached
+        return cached
+
+    def checked(self, lineage: str) -> CertInfo:
+        """The lineage's material validated, once per run however many targets take it."""
+        cached = self._checked.get(lineage)
+        if cached is None:
+            from certbot_atomic_deploy.validate import validate
+            try:
+                cached = validate(self.material(lineage), self.now)
+            except ValidationError as exc:
+                cached = exc
+            self._checked[lineage] = cached
         if isinstance(cached, ValidationError):
             raise cached
         return cached
@@ -243,8 +258,9 @@ class Deployer:
                                                f"{target.destination}: already current",
                                                material.version))
                 return None
-            from certbot_atomic_deploy.validate import validate
-            info = validate(material, target.domains, self.now)
+            from certbot_atomic_deploy.validate import require_covered
+            info = self.checked(lineage)
+            require_covered(info, target.domains, material.sources["cert"])
             if dry_run:
                 result.outcomes.append(Outcome(
                     target.name, lineage, "planned",
@@ -278,8 +294,7 @@ class Deployer:
         if dry_run or (current is not None and (current.lineage, current.version) == (
                 lineage, material.version)):
             return
-        from certbot_atomic_deploy.validate import validate
-        record = self._record(state, lineage, material, validate(material, (), self.now))
+        record = self._record(state, lineage, material, self.checked(lineage))
         data = next(iter(files.values())) if target.path is not None else None
         self._save(target, record, data)
 

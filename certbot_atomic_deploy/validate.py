@@ -69,9 +69,12 @@ def covers(names: Iterable[str], pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(n.lower(), pattern) or n.lower() == pattern for n in names)
 
 
-def validate(material: Material, domains: Iterable[str] = (),
-             now: datetime.datetime | None = None) -> CertInfo:
-    """Raise ValidationError unless the material is fit to publish; return the leaf's info."""
+def validate(material: Material, now: datetime.datetime | None = None) -> CertInfo:
+    """Raise ValidationError unless the material is fit to publish; return the leaf's info.
+
+    Depends on the lineage only, so a run does it once per lineage however many
+    targets take it; :func:`require_covered` is the per-target part.
+    """
     src = material.sources
     try:
         key = serialization.load_pem_private_key(material.key.text, password=None)
@@ -104,8 +107,12 @@ def validate(material: Material, domains: Iterable[str] = (),
     if moment > info.not_after:
         raise ValidationError(f"{src['cert']}: expired {info.not_after:%Y-%m-%d %H:%M} UTC "
                               "(renew it: certbot renew --cert-name " + material.lineage + ")")
+    return info
+
+
+def require_covered(info: CertInfo, domains: Iterable[str], where: str) -> None:
+    """Raise ValidationError unless every domain glob is covered by a name of the leaf."""
     for pattern in domains:
         if not covers(info.names, pattern):
-            raise ValidationError(f"{src['cert']}: does not cover '{pattern}' (it names "
+            raise ValidationError(f"{where}: does not cover '{pattern}' (it names "
                                   f"{', '.join(info.names)})")
-    return info

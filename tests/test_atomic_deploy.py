@@ -190,6 +190,14 @@ def test_bad_material_is_refused_and_no_target_changes(site: Path, material: str
      "[defaults] keep:"),
     ("stray = 1\n[t]\nlineage = mail\npath = {out}/x.pem\nformat = key\n",
      "'stray' is outside any section"),
+    ("[t]\nlineage = mail\npath = {out}/x.pem, {out}/y.pem\nformat = key\n",
+     "[t] path: takes one value, not a list"),
+    ("[t]\nlineage = mail\npath = {out}/x.pem\nformat = key\nkeep = 101\n",
+     "[t] keep: '101' is not a number from 0 to 100"),
+    ("[t]\nlineage = mail\npath = {out}/x.pem\nformat = key\n[[inner]]\nkeep = 1\n",
+     "[t] [[inner]]: unknown subsection"),
+    ("[t]\nlineage = mail\npreset = postfx\npath = {out}/x.pem\n",
+     "[t] preset: 'postfx' is not one of"),
 ])
 def test_broken_config_one_line_exit_2_nothing_written(site: Path, body: str,
                                                        message: str) -> None:

@@ -49,6 +49,18 @@ path = {site}/out/courier.pem
     assert "systemctl restart courier-imap-ssl" in result.stderr
 
 
+def test_an_empty_value_turns_off_a_presets_commands(site: Path) -> None:
+    # courier's preset reloads with systemctl, which fails here: "reload =" and
+    # "check =" in the target must leave it with none, and the deploy succeeds.
+    write_conf(site / "le", f"[t]\npreset = courier\nlineage = mail\n"
+                            f"path = {site}/out/courier.pem\nreload =\ncheck =\n")
+    shown = deploy(site / "le", "check-config")
+    assert "reload:" not in shown.stdout and "check:" not in shown.stdout, shown.stdout
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 0, result.stderr
+    assert (site / "out" / "courier.pem").exists()
+
+
 @pytest.mark.parametrize("preset,extra,message", [
     ("sendmail", "mode = 0640", "[t] mode: 0640: sendmail refuses a key file this open"),
     ("samba", "mode = 0400", "[t] mode: 0400: samba refuses any key mode but 0600"),
