@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from certbot_atomic_deploy.config import Config, load
+from certbot_atomic_deploy.config import Config, load, read_password
 from certbot_atomic_deploy.deploy import Deployer, RunResult, failure_lines
 from certbot_atomic_deploy.errors import ConfigError, DeployError, LockError
 
@@ -41,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "each daemon wants them, atomically, then run each reload once. With no "
                     "command and $RENEWED_LINEAGE set (a certbot deploy hook), deploys that "
                     "lineage.",
-        epilog="Target keys: lineage, domains, path | directory, format (key, cert, chain, "
-               "fullchain, key+fullchain alias postfix, fullchain+key alias haproxy), owner, "
-               "group, mode, check, reload, keep. See the README.")
+        epilog="Target keys: preset, lineage, domains, path | directory, format (key, cert, "
+               "chain, fullchain, key+fullchain alias postfix, fullchain+key alias haproxy, "
+               "pkcs12 with password_file), owner, group, mode, check, reload, keep. See the "
+               "README.")
     parser.add_argument("--config-dir", default=None,
                         help=f"certbot config dir (default: from $RENEWED_LINEAGE, else "
                              f"{DEFAULT_CONFIG_DIR})")
@@ -105,6 +106,10 @@ def _show_config(config: Config) -> None:
               f"{t.owner_name}:{t.group_name} {t.key_mode:04o}, others 0644; keep {t.keep}")
         if t.domains and t.lineages:
             print(f"    must cover: {', '.join(t.domains)}")
+        if t.password_file:
+            read_password(t)  # check-config says now what a deploy would refuse
+            print(f"    keystore: PKCS#12, password from {t.password_file}, alias the "
+                  "lineage name")
         for c in t.check:
             print(f"    check: {c}")
         for c in t.reload:

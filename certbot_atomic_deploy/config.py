@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 from configobj import ConfigObj, ConfigObjError, Section
 
 from certbot_atomic_deploy.errors import ConfigError
-from certbot_atomic_deploy.pem import FILE_FORMATS, FORMAT_ALIASES, holds_key
+from certbot_atomic_deploy.pem import FILE_FORMATS, FORMAT_ALIASES, KEYSTORE_FORMAT, holds_key
 from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
 from certbot_perms.errors import SpecError
 from certbot_perms.spec import parse_mode, resolve_group, resolve_user
@@ -92,6 +93,7 @@ SPEC: dict[str, Callable[[object], object]] = {
     "reload": _words,
     "check": _words,
     "keep": _keep,
+    "password_file": _text("one path"),
 }
 _FORMATS = ", ".join(repr(f) for f in (*FILE_FORMATS, *FORMAT_ALIASES))
 # Keys that only make sense per target, never in [defaults].
@@ -114,6 +116,7 @@ class Target(NamedTuple):
     check: tuple[str, ...]
     keep: int
     preset: str | None = None
+    password_file: str | None = None  # format = pkcs12 only
 
     @property
     def destination(self) -> str:
@@ -217,6 +220,13 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         if PRESETS[str(preset_name)].root_owned and uid != 0:
             raise ConfigError(f"{where('owner')}: {preset_name} refuses a key file not owned "
                               f"by root ({PRESETS[str(preset_name)].why})")
+    password_file = get("password_file")
+    if fmt == KEYSTORE_FORMAT and password_file is None:
+        raise ConfigError(f"{file}: [{name}] password_file: missing; a pkcs12 target needs "
+                          "a file holding the keystore password (mode 0600, root's)")
+    if fmt != KEYSTORE_FORMAT and section.get("password_file") is not None:
+        raise ConfigError(f"{file}: [{name}] password_file: only a format = pkcs12 target "
+                          "takes one")
     keep = get("keep")
     return Target(
         name=name, lineages=lineages, domains=domains,
@@ -228,7 +238,44 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         reload=get_list("reload"),
         check=get_list("check"),
         keep=DEFAULT_KEEP if keep is None else int(str(keep)),
-        preset=str(preset_name) if preset_name is not None else None)
+        preset=str(preset_name) if preset_name is not None else None,
+        password_file=(_absolute(str(password_file), where("password_file"))
+                       if fmt == KEYSTORE_FORMAT else None))
+
+
+MAX_PASSWORD_BYTES = 1024
+
+
+def read_password(target: Target) -> bytes:
+    """A pkcs12 target's keystore password: its file's first line, which must be non-empty.
+
+    The file is a secret like the key: refused if it is a symlink, not a regular
+    file, or readable or writable by others than its owner and group.
+    """
+    where = f"[{target.name}] password_file {target.password_file}"
+    try:
+        fd = os.open(target.password_file or "", os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY
+                     | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot open: {exc.strerror} (a symlink is refused; "
+                          "create it with: install -m 600 /dev/null FILE, then write the "
+                          "password into it)") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{where}: not a regular file")
+        if st.st_mode & 0o027:
+            raise ConfigError(f"{where}: mode {stat.S_IMODE(st.st_mode):04o} lets others read "
+                              "or the group write the password (chmod 600 it)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_PASSWORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    password = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if not password or len(data) > MAX_PASSWORD_BYTES:
+        raise ConfigError(f"{where}: put the password on the first line (1 to "
+                          f"{MAX_PASSWORD_BYTES} bytes)")
+    return password
 
 
 def file_mode(target: Target, fmt: str) -> int:

@@ -25,12 +25,19 @@ import shlex
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from certbot_atomic_deploy.config import Config, Target
+from certbot_atomic_deploy.config import Config, Target, read_password
 from certbot_atomic_deploy.errors import DeployError, ValidationError
-from certbot_atomic_deploy.pem import Material, build, read_lineage
+from certbot_atomic_deploy.pem import (
+    KEYSTORE_FORMAT,
+    Material,
+    build,
+    keystore_fingerprint,
+    read_lineage,
+)
 from certbot_atomic_deploy.publish import (
     Undo,
     in_place,
+    keystore_in_place,
     publish_directory,
     publish_file,
     rollback_directory,
@@ -247,13 +254,27 @@ class Deployer:
         state.current = record
         self.state.save(target.name, state, data, keep=target.keep)
 
+    def _content(self, target: Target, material: Material
+                 ) -> tuple[bool, dict[str, bytes] | None, bytes, str | None]:
+        """Whether the target is current; its text files (None for a keystore), the
+        keystore password and fingerprint (b"" and None for text)."""
+        if target.format != KEYSTORE_FORMAT:
+            files = self.files(target, material)
+            return in_place(target, files), files, b"", None
+        password = read_password(target)
+        source = keystore_fingerprint(material, password)
+        current = self.state.load(target.name).current
+        return (current is not None and current.source == source
+                and keystore_in_place(target, current.digest)), None, password, source
+
     def _deploy_one(self, target: Target, lineage: str, dry_run: bool, result: RunResult
                     ) -> tuple[Target, str, Undo | None, Record, bytes | None] | None:
         try:
             material = self.material(lineage)
-            files = self.files(target, material)
-            if in_place(target, files):
-                self._record_if_stale(target, lineage, material, files, dry_run)
+            current, files, password, source = self._content(target, material)
+            if current:
+                if files is not None:
+                    self._record_if_stale(target, lineage, material, files, dry_run)
                 result.outcomes.append(Outcome(target.name, lineage, "unchanged",
                                                f"{target.destination}: already current",
                                                material.version))
@@ -270,11 +291,21 @@ class Deployer:
                 return None
             state = self.state.load(target.name)
             record = self._record(state, lineage, material, info)
-            if target.path is not None:
-                data: bytes | None = next(iter(files.values()))
-                undo: Undo | None = publish_file(target, data or b"")
+            data: bytes | None = None  # a file target's bytes, kept for rollback
+            undo: Undo | None
+            if files is None:
+                import hashlib
+
+                from certbot_atomic_deploy.pkcs12 import keystore
+                keystore_bytes = keystore(material, password)
+                record = record._replace(source=source,
+                                         digest=hashlib.sha256(keystore_bytes).hexdigest())
+                data = keystore_bytes
+                undo = publish_file(target, keystore_bytes)
+            elif target.path is not None:
+                data = next(iter(files.values()))
+                undo = publish_file(target, data)
             else:
-                data = None
                 undo = publish_directory(target, files)
         except (DeployError, OSError) as exc:
             result.outcomes.append(Outcome(target.name, lineage, "failed",
@@ -386,11 +417,11 @@ class Deployer:
             else:
                 try:
                     material = self.material(current.lineage)
-                    row["in_sync"] = in_place(target, self.files(target, material))
+                    row["in_sync"] = self._content(target, material)[0]
                     row["lineage_version"] = material.version
                     row["detail"] = ("in sync" if row["in_sync"] else
                                      f"lineage is at v{material.version}; run deploy")
-                except ValidationError as exc:
+                except DeployError as exc:  # the lineage, or a keystore's password file
                     row["in_sync"] = False
                     row["detail"] = str(exc)
             rows.append(row)

@@ -20,9 +20,14 @@ from typing import NamedTuple
 from certbot_atomic_deploy.errors import ValidationError
 
 KINDS = ("privkey", "cert", "chain", "fullchain")
-FILE_FORMATS = ("key", "cert", "chain", "fullchain", "key+fullchain", "fullchain+key")
+FILE_FORMATS = ("key", "cert", "chain", "fullchain", "key+fullchain", "fullchain+key",
+                "pkcs12")
 FORMAT_ALIASES = {"postfix": "key+fullchain", "haproxy": "fullchain+key"}
-KEY_FORMATS = frozenset({"key", "key+fullchain", "fullchain+key"})
+KEY_FORMATS = frozenset({"key", "key+fullchain", "fullchain+key", "pkcs12"})
+# Built by :mod:`.pkcs12` (cryptography), not here; not reproducible byte for byte.
+KEYSTORE_FORMAT = "pkcs12"
+# What pkcs12.keystore does; a new tag makes every keystore target out of date.
+KEYSTORE_TAG = b"pkcs12/pbes2-pbkdf2-sha256-aes256cbc/hmac-sha256/100000\0"
 # What a versioned directory holds, and the format of each file.
 DIRECTORY_FILES = {
     "privkey.pem": "key",
@@ -173,7 +178,7 @@ def _read_at_following_key_link(dir_fd: int, kind: str, name: str, where: str) -
 
 
 def build(fmt: str, material: Material) -> bytes:
-    """The bytes of one file in format ``fmt`` (see FILE_FORMATS)."""
+    """The bytes of one file in a text format (FILE_FORMATS but KEYSTORE_FORMAT)."""
     fmt = FORMAT_ALIASES.get(fmt, fmt)
     key = material.key.text
     leaf = material.leaf.text
@@ -186,3 +191,15 @@ def build(fmt: str, material: Material) -> bytes:
 
 def holds_key(fmt: str) -> bool:
     return FORMAT_ALIASES.get(fmt, fmt) in KEY_FORMATS
+
+
+def keystore_fingerprint(material: Material, password: bytes) -> str:
+    """What determines a pkcs12 target's content: lineage, key, chain, password, format."""
+    import hashlib
+
+    h = hashlib.sha256(KEYSTORE_TAG)
+    for part in (material.lineage.encode(), material.key.text,
+                 *(b.text for b in material.chain), password):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()

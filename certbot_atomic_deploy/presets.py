@@ -84,6 +84,11 @@ PRESETS: dict[str, Preset] = {
         "certificates are read by the prosody user",
         {"format": "key+fullchain", "group": "prosody", "mode": "0640",
          "check": ["prosodyctl check config"], "reload": ["prosodyctl reload"]}),
+    "tomcat": Preset(
+        "certificateKeystoreFile (certificateKeystoreType PKCS12) is read by the tomcat user "
+        "at start; Tomcat does not reread it on its own",
+        {"format": "pkcs12", "group": "tomcat", "mode": "0640",
+         "reload": ["systemctl restart tomcat10"]}),
 }
 
 

@@ -136,6 +136,22 @@ def in_place(target: Target, files: dict[str, bytes]) -> bool:
         os.close(dir_fd)
 
 
+def keystore_in_place(target: Target, digest: str | None) -> bool:
+    """Whether a pkcs12 target's file is the one recorded (sha256 ``digest``), owner and mode."""
+    if digest is None:
+        return False
+    dir_fd = _open_plain(os.path.dirname(target.path or "/"))
+    if dir_fd is None:
+        return False
+    try:
+        data = _read_if_same_owner(dir_fd, os.path.basename(target.path or ""), target.uid,
+                                   target.gid, file_mode(target, target.format or ""))
+    finally:
+        os.close(dir_fd)
+    import hashlib
+    return data is not None and hashlib.sha256(data).hexdigest() == digest
+
+
 def read_current_bytes(target: Target) -> bytes | None:
     """The file target's current content (any owner), for an undo; None if absent."""
     if target.path is None:

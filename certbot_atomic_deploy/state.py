@@ -28,6 +28,16 @@ STATE_FILE = "state.json"
 LOCK_POLL = 0.1
 
 
+_BINARY = "base64:"
+
+
+def _as_text(data: bytes) -> str:
+    if data.startswith(b"-----BEGIN "):
+        return data.decode("ascii")
+    import base64
+    return _BINARY + base64.b64encode(data).decode("ascii")
+
+
 class Record(NamedTuple):
     seq: int
     lineage: str
@@ -36,6 +46,10 @@ class Record(NamedTuple):
     not_after: str
     names: list[str]
     published_at: str
+    # pkcs12 targets, whose bytes are not reproducible: the fingerprint of what went
+    # in (see pkcs12.fingerprint) and the sha256 of the bytes written.
+    source: str | None = None
+    digest: str | None = None
 
 
 class TargetState:
@@ -43,7 +57,8 @@ class TargetState:
                  files: dict[int, str] | None = None) -> None:
         self.current = current
         self.history = history or []  # older publishes, oldest first
-        self.files = files or {}  # file targets: seq -> the published bytes (PEM text)
+        # file targets: seq -> the published bytes (PEM text, or "base64:..." if binary)
+        self.files = files or {}
 
 
 class StateDir:
@@ -92,7 +107,7 @@ class StateDir:
         """Record ``state`` (in memory until :meth:`flush`); keep ``file_bytes`` for rollback."""
         state.history = state.history[-keep:] if keep else []
         if file_bytes is not None and state.current is not None:
-            state.files[state.current.seq] = file_bytes.decode("ascii")
+            state.files[state.current.seq] = _as_text(file_bytes)
         kept = {r.seq for r in state.history} | ({state.current.seq} if state.current else set())
         state.files = {seq: text for seq, text in state.files.items() if seq in kept}
         self._all()[target] = state
@@ -120,6 +135,9 @@ class StateDir:
         if text is None:
             raise DeployError(f"{self.file}: publish {seq} of [{target}] is no longer kept; "
                               "cannot roll back to it")
+        if text.startswith(_BINARY):
+            import base64
+            return base64.b64decode(text[len(_BINARY):])
         return text.encode("ascii")
 
     @contextlib.contextmanager

@@ -156,3 +156,26 @@ def grant_search(fd: int, *, uid: int | None = None, gid: int | None = None) -> 
     entries.append(AclEntry(MASK, UNDEFINED_ID, old_mask | SEARCH))
     os.setxattr(fd, ACL_XATTR, encode(entries))
     return True
+
+
+def revoke(fd: int, tag: int, qualifier: int) -> bool:
+    """Remove the named entry (``USER`` or ``GROUP``, ``qualifier``) from ``fd``; True if gone.
+
+    Nobody gains anything: the mask is kept, and when no named entry is left the
+    ACL is replaced by its mode-bit equivalent with the owning group cut to what
+    the mask let it have (the kernel then drops the xattr itself).
+    """
+    current = read_acl(fd)
+    if current is None or _perm(current, tag, qualifier) is None:
+        return False
+    rest = [e for e in current if not (e.tag == tag and e.qualifier == qualifier)]
+    if any(e.tag in (USER, GROUP) for e in rest):
+        os.setxattr(fd, ACL_XATTR, encode(rest))
+        return True
+    mask = _perm(current, MASK)
+    owning = (_perm(current, GROUP_OBJ) or 0) & (7 if mask is None else mask)
+    os.setxattr(fd, ACL_XATTR, encode([
+        AclEntry(USER_OBJ, UNDEFINED_ID, _perm(current, USER_OBJ) or 0),
+        AclEntry(GROUP_OBJ, UNDEFINED_ID, owning),
+        AclEntry(OTHER, UNDEFINED_ID, _perm(current, OTHER) or 0)]))
+    return True

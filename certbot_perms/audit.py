@@ -6,11 +6,15 @@ Finds:
 - keys with an extended ACL (a named user or group the mode does not show);
 - account keys (``accounts/**/private_key.json``) readable by anyone but their owner;
 - directories writable by others, and ``live/``, ``archive/``, ``accounts/``
-  open to others (Certbot makes them 0700).
+  open to others (Certbot makes them 0700);
+- ACL entries on ``live/``, ``archive/`` and their lineage directories that no
+  lineage's spec asks for (left by a group that was changed since, or added by
+  hand), or that give more than search (``x``).
 
 ``fix=True`` tightens: a key of a lineage with a spec gets that spec (as
 ``certbot-perms apply`` would); any other key and every account key loses
-group and others' bits; a directory loses others' bits and group write.
+group and others' bits; a directory loses others' bits and group write, and
+ACL entries no spec asks for (an entry a spec asks for keeps ``x`` only).
 Nothing is ever widened. Everything is opened relative to a directory
 descriptor with ``O_NOFOLLOW``; symlinks are reported, never followed.
 """
@@ -23,7 +27,13 @@ from dataclasses import asdict, dataclass
 
 from certbot_perms import acl
 from certbot_perms.errors import PermsError
-from certbot_perms.lineage import PRIVKEY_NAME, ApplyReport, apply_to_key, open_config_dir
+from certbot_perms.lineage import (
+    PRIVKEY_NAME,
+    ApplyReport,
+    apply_to_key,
+    open_config_dir,
+    search_principals,
+)
 from certbot_perms.records import spec_for
 from certbot_perms.spec import KEY_MODE_OWNER_ONLY, PermSpec, exceeds
 
@@ -181,6 +191,64 @@ def _audit_accounts(root_fd: int, config_dir: str, fix: bool, out: list[Finding]
         os.close(accounts_fd)
 
 
+def _subdirs(fd: int) -> list[str]:
+    with os.scandir(fd) as entries:
+        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+
+
+def _audit_acl_entries(fd: int, path: str, allowed: set[tuple[int, int]], fix: bool,
+                       out: list[Finding]) -> None:
+    for entry in acl.named_entries(fd):
+        who = f"{'user' if entry.tag == acl.USER else 'group'} {entry.qualifier}"
+        wanted = (entry.tag, entry.qualifier) in allowed
+        if wanted and not entry.perm & ~acl.SEARCH:
+            continue
+        perms = "".join(c for bit, c in ((acl.READ, "r"), (acl.WRITE, "w"), (acl.SEARCH, "x"))
+                        if entry.perm & bit) or "nothing"
+        finding = Finding(path, f"an ACL entry gives {who} {perms}, " + (
+            "more than the search (x) its lineage's spec needs" if wanted
+            else "which no lineage's spec asks for"))
+        if fix:
+            acl.revoke(fd, entry.tag, entry.qualifier)
+            if wanted:
+                acl.grant_search(fd, **({"uid": entry.qualifier} if entry.tag == acl.USER
+                                        else {"gid": entry.qualifier}))
+            finding.fixed = True
+        out.append(finding)
+
+
+def _audit_search_acls(root_fd: int, config_dir: str, fix: bool, out: list[Finding]) -> None:
+    """ACL entries on the way to the keys: only those a lineage's spec needs, x only."""
+    tops: dict[str, int] = {}
+    try:
+        for top in ("live", "archive"):
+            try:
+                tops[top] = os.open(top, _DIR_FLAGS, dir_fd=root_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                    raise  # a symlink or file there is reported by audit()
+        needs: dict[str, set[tuple[int, int]]] = {}
+        for fd in tops.values():
+            for name in _subdirs(fd):
+                if name not in needs:
+                    spec, _source = spec_for(config_dir, name)
+                    needs[name] = {(acl.USER, w["uid"]) if "uid" in w else (acl.GROUP, w["gid"])
+                                   for w in (search_principals(spec) if spec else [])}
+        anyone: set[tuple[int, int]] = set().union(*needs.values())
+        for top, fd in tops.items():
+            _audit_acl_entries(fd, os.path.join(config_dir, top), anyone, fix, out)
+            for name in _subdirs(fd):
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    _audit_acl_entries(sub, os.path.join(config_dir, top, name), needs[name],
+                                       fix, out)
+                finally:
+                    os.close(sub)
+    finally:
+        for fd in tops.values():
+            os.close(fd)
+
+
 def audit(config_dir: str, fix: bool = False) -> list[Finding]:
     """Every finding in ``config_dir`` (fixed in place when ``fix``)."""
     root_fd = open_config_dir(config_dir)
@@ -203,6 +271,7 @@ def audit(config_dir: str, fix: bool = False) -> list[Finding]:
             finally:
                 os.close(fd)
         _audit_archive(root_fd, config_dir, fix, out)
+        _audit_search_acls(root_fd, config_dir, fix, out)
         _audit_accounts(root_fd, config_dir, fix, out)
     except OSError as exc:
         raise PermsError(f"{config_dir}: audit failed: {exc.strerror or exc} "

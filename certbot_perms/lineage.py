@@ -213,14 +213,21 @@ def _tighten_world_readable_keys(archive_root_fd: int, shown_root: str,
             os.close(lineage_fd)
 
 
-def _grant_path(root_fd: int, config_dir: str, relpaths: list[str], spec: PermSpec,
-                report: ApplyReport) -> None:
-    """Let the spec's owner and group search every directory from the config dir down."""
+def search_principals(spec: PermSpec) -> list[dict[str, int]]:
+    """Who needs ``x`` on the path to a key with this spec: a non-root reading owner, a
+    reading group (as ``{"uid": N}`` / ``{"gid": N}``, the arguments of acl.grant_search)."""
     principals: list[dict[str, int]] = []
     if spec.mode & stat.S_IRUSR and spec.uid != 0:
         principals.append({"uid": spec.uid})
     if spec.mode & stat.S_IRGRP:
         principals.append({"gid": spec.gid})
+    return principals
+
+
+def _grant_path(root_fd: int, config_dir: str, relpaths: list[str], spec: PermSpec,
+                report: ApplyReport) -> None:
+    """Let the spec's owner and group search every directory from the config dir down."""
+    principals = search_principals(spec)
     if not principals:
         return
     seen: set[tuple[int, int]] = set()

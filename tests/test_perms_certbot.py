@@ -221,6 +221,49 @@ def test_check_judges_keys_against_their_lineage_spec(certbot: Certbot, group: s
     assert perms("check", "--config-dir", config).returncode == 0
 
 
+def test_check_reports_acl_entries_no_spec_asks_for_and_fix_removes_them(
+        certbot: Certbot, group: str) -> None:
+    """A lineage moved from one group to another leaves the old group's search entries on
+    live/ and archive/; an entry widened by hand (rx) lets its group list archive/."""
+    certbot.certonly("moved", ["moved.example.org"])
+    config = str(certbot.config_dir)
+    old_group = f"{group}o"
+    subprocess.run(["groupadd", "--system", old_group], check=True)
+    try:
+        assert perms("apply", "--key-group", old_group, str(certbot.live("moved"))
+                     ).returncode == 0
+        assert perms("apply", "--key-group", group, str(certbot.live("moved"))).returncode == 0
+        subprocess.run(["setfacl", "-m", f"g:{group}:rx", str(certbot.config_dir / "archive")],
+                       check=True)
+        old_gid = grp.getgrnam(old_group).gr_gid
+        found = perms("check", "--config-dir", config)
+        assert found.returncode == 1
+        stale = [line for line in found.stdout.splitlines()
+                 if f"gives group {old_gid} x, which no lineage's spec asks for" in line]
+        # certbot makes live/ and archive/ 0700 and the lineage directories 0755: only
+        # the first two needed (and got) an entry for the old group
+        assert sorted(line.split(":")[0] for line in stale) == [f"{config}/archive",
+                                                                f"{config}/live"]
+        assert (f"{config}/archive: an ACL entry gives group {grp.getgrnam(group).gr_gid} rx, "
+                "more than the search (x)") in found.stdout
+        lists = run_as(NOBODY, NOBODY, [group], "ls", f"{config}/archive")
+        assert lists.returncode == 0  # the hand-made rx really lets the group list it
+
+        fixed = perms("check", "--fix", "--config-dir", config)
+        assert fixed.returncode == 0, fixed.stdout
+        assert perms("check", "--config-dir", config).returncode == 0
+        assert_group_reaches_key(certbot, "moved", group)  # x kept; listing gone
+        old_member = run_as(NOBODY, NOBODY, [old_group], "cat",
+                            str(certbot.live("moved") / "privkey.pem"))
+        assert old_member.returncode != 0 and "Permission denied" in old_member.stderr
+        for rel in ("live", "archive"):
+            acl = subprocess.run(["getfacl", "-cn", f"{config}/{rel}"], capture_output=True,
+                                 text=True, check=True).stdout
+            assert f"group:{old_gid}:" not in acl, (rel, acl)
+    finally:
+        subprocess.run(["groupdel", old_group], check=False)
+
+
 def test_unprivileged_certbot_warns_in_one_line_and_still_renews(
         certbot: Certbot, group: str) -> None:
     """certbot run as a plain user: the chown to root is refused, the renewal is not."""
