@@ -22,8 +22,8 @@ from __future__ import annotations
 import datetime
 import os
 import shlex
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from certbot_atomic_deploy.config import Config, Target, read_password
 from certbot_atomic_deploy.errors import DeployError, ValidationError
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from certbot_atomic_deploy.validate import CertInfo
 
 COMMAND_TIMEOUT = 300.0
+T = TypeVar("T")
 
 
 class Outcome:
@@ -135,30 +136,15 @@ class Deployer:
     # -- reading
 
     def material(self, lineage: str) -> Material:
-        cached = self._material.get(lineage)
-        if cached is None:
-            try:
-                cached = read_lineage(self.config_dir, lineage)
-            except ValidationError as exc:
-                cached = exc
-            self._material[lineage] = cached
-        if isinstance(cached, ValidationError):
-            raise cached
-        return cached
+        """The lineage's consistent version, read once per run."""
+        return _once(self._material, lineage, lambda: read_lineage(self.config_dir, lineage))
 
     def checked(self, lineage: str) -> CertInfo:
         """The lineage's material validated, once per run however many targets take it."""
-        cached = self._checked.get(lineage)
-        if cached is None:
+        def check() -> CertInfo:
             from certbot_atomic_deploy.validate import validate
-            try:
-                cached = validate(self.material(lineage), self.now)
-            except ValidationError as exc:
-                cached = exc
-            self._checked[lineage] = cached
-        if isinstance(cached, ValidationError):
-            raise cached
-        return cached
+            return validate(self.material(lineage), self.now)
+        return _once(self._checked, lineage, check)
 
     def names(self, lineage: str) -> tuple[str, ...]:
         if lineage not in self._names:
@@ -426,6 +412,20 @@ class Deployer:
                     row["detail"] = str(exc)
             rows.append(row)
         return rows
+
+
+def _once(cache: dict[str, T | ValidationError], key: str, compute: Callable[[], T]) -> T:
+    """``compute()`` once per key and run; a ValidationError is kept and raised again."""
+    cached = cache.get(key)
+    if cached is None:
+        try:
+            cached = compute()
+        except ValidationError as exc:
+            cached = exc
+        cache[key] = cached
+    if isinstance(cached, ValidationError):
+        raise cached
+    return cached
 
 
 def _why(exc: BaseException, where: str = "") -> str:

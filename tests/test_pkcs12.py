@@ -47,6 +47,14 @@ password_file = {pw}
 """)
 
 
+def published_keystore(site: Path) -> Path:
+    """Lineage 'mail' deployed to SITE/out/keystore.p12; its path."""
+    keystore_conf(site)
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 0, result.stderr
+    return site / "out" / "keystore.p12"
+
+
 def openssl_dump(path: Path, password: str) -> str:
     """The keystore's key and certificates as PEM, read by OpenSSL 3 without -legacy."""
     result = subprocess.run(["openssl", "pkcs12", "-in", str(path), "-passin",
@@ -92,8 +100,7 @@ def test_keystore_holds_the_lineage_key_and_chain_under_modern_encryption(
 @pytest.mark.nocertbot
 @pytest.mark.skipif(shutil.which("keytool") is None, reason="no Java keytool on this machine")
 def test_java_keytool_reads_the_keystore(site: Path) -> None:
-    keystore_conf(site)
-    assert deploy(site / "le", "deploy", "--all").returncode == 0
+    published_keystore(site)
     listing = subprocess.run(
         ["keytool", "-list", "-v", "-storetype", "PKCS12", "-keystore",
          str(site / "out" / "keystore.p12"), "-storepass:file", str(site / "keystore.pass")],
@@ -108,9 +115,7 @@ def test_java_keytool_reads_the_keystore(site: Path) -> None:
 
 @pytest.mark.nocertbot
 def test_unchanged_keystore_is_left_alone_without_importing_cryptography(site: Path) -> None:
-    keystore_conf(site)
-    assert deploy(site / "le", "deploy", "--all").returncode == 0
-    path = site / "out" / "keystore.p12"
+    path = published_keystore(site)
     before = path.stat()
     env = dict(os.environ, RENEWED_LINEAGE=str(site / "le" / "live" / "mail"),
                PYTHONPROFILEIMPORTTIME="1")
@@ -127,9 +132,7 @@ def test_unchanged_keystore_is_left_alone_without_importing_cryptography(site: P
 @pytest.mark.nocertbot
 @pytest.mark.parametrize("change", ["new-version", "password", "tampered"])
 def test_keystore_is_rewritten_when_what_went_into_it_changed(site: Path, change: str) -> None:
-    keystore_conf(site)
-    assert deploy(site / "le", "deploy", "--all").returncode == 0
-    path = site / "out" / "keystore.p12"
+    path = published_keystore(site)
     password = PASSWORD
     if change == "new-version":
         new_version(site)
@@ -148,9 +151,7 @@ def test_keystore_is_rewritten_when_what_went_into_it_changed(site: Path, change
 
 @pytest.mark.nocertbot
 def test_failed_check_puts_the_previous_keystore_back(site: Path) -> None:
-    keystore_conf(site)
-    assert deploy(site / "le", "deploy", "--all").returncode == 0
-    path = site / "out" / "keystore.p12"
+    path = published_keystore(site)
     first = path.read_bytes()
     new_version(site)
     keystore_conf(site, "check = false")
