@@ -122,7 +122,31 @@ def _tighten_to_owner(dir_fd: int, name: str) -> None:
         os.close(fd)
 
 
-def _audit_archive(root_fd: int, config_dir: str, fix: bool, out: list[Finding]) -> None:
+class _Specs:
+    """Each lineage's spec, read once per audit (the key and the ACL checks both need it)."""
+
+    def __init__(self, config_dir: str) -> None:
+        self.config_dir = config_dir
+        self._specs: dict[str, PermSpec | None] = {}
+
+    def __call__(self, name: str) -> PermSpec | None:
+        if name not in self._specs:
+            self._specs[name] = spec_for(self.config_dir, name)[0]
+        return self._specs[name]
+
+    def needs(self, name: str) -> set[tuple[int, int]]:
+        """The ACL entries (tag, id) the path to this lineage's key may carry, x only."""
+        spec = self(name)
+        return {(acl.USER, w["uid"]) if "uid" in w else (acl.GROUP, w["gid"])
+                for w in (search_principals(spec) if spec else [])}
+
+    def anyone_needs(self) -> set[tuple[int, int]]:
+        """What any lineage seen so far needs: the entries live/ and archive/ may carry."""
+        return set().union(*(self.needs(name) for name in self._specs))
+
+
+def _audit_archive(root_fd: int, config_dir: str, specs: _Specs, fix: bool,
+                   out: list[Finding]) -> None:
     try:
         archive_fd = os.open("archive", _DIR_FLAGS, dir_fd=root_fd)
     except FileNotFoundError:
@@ -142,7 +166,8 @@ def _audit_archive(root_fd: int, config_dir: str, fix: bool, out: list[Finding])
                 raise
             try:
                 _audit_dir(lineage_fd, shown, False, fix, out)
-                spec, _source = spec_for(config_dir, lineage)
+                _audit_acl_entries(lineage_fd, shown, specs.needs(lineage), fix, out)
+                spec = specs(lineage)
                 for key in sorted(n for n in os.listdir(lineage_fd) if PRIVKEY_NAME.match(n)):
                     _audit_key(lineage_fd, key, os.path.join(shown, key),
                                spec or DEFAULT_SPEC, spec is not None, fix, out)
@@ -217,8 +242,10 @@ def _audit_acl_entries(fd: int, path: str, allowed: set[tuple[int, int]], fix: b
         out.append(finding)
 
 
-def _audit_search_acls(root_fd: int, config_dir: str, fix: bool, out: list[Finding]) -> None:
-    """ACL entries on the way to the keys: only those a lineage's spec needs, x only."""
+def _audit_live_acls(root_fd: int, config_dir: str, specs: _Specs, fix: bool,
+                     out: list[Finding]) -> None:
+    """ACL entries on live/, its lineage directories and archive/ (after _audit_archive
+    has seen every lineage there): only what some lineage's spec needs, x only."""
     tops: dict[str, int] = {}
     try:
         for top in ("live", "archive"):
@@ -227,23 +254,21 @@ def _audit_search_acls(root_fd: int, config_dir: str, fix: bool, out: list[Findi
             except OSError as exc:
                 if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
                     raise  # a symlink or file there is reported by audit()
-        needs: dict[str, set[tuple[int, int]]] = {}
-        for fd in tops.values():
-            for name in _subdirs(fd):
-                if name not in needs:
-                    spec, _source = spec_for(config_dir, name)
-                    needs[name] = {(acl.USER, w["uid"]) if "uid" in w else (acl.GROUP, w["gid"])
-                                   for w in (search_principals(spec) if spec else [])}
-        anyone: set[tuple[int, int]] = set().union(*needs.values())
-        for top, fd in tops.items():
-            _audit_acl_entries(fd, os.path.join(config_dir, top), anyone, fix, out)
-            for name in _subdirs(fd):
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        if "live" in tops:
+            shown_live = os.path.join(config_dir, "live")
+            for name in _subdirs(tops["live"]):
+                sub = os.open(name, _DIR_FLAGS, dir_fd=tops["live"])
                 try:
-                    _audit_acl_entries(sub, os.path.join(config_dir, top, name), needs[name],
-                                       fix, out)
+                    if acl.named_entries(sub):
+                        _audit_acl_entries(sub, os.path.join(shown_live, name),
+                                           specs.needs(name), fix, out)
+                    else:
+                        specs(name)  # still counts for what live/ itself may carry
                 finally:
                     os.close(sub)
+        anyone = specs.anyone_needs()
+        for top, fd in tops.items():
+            _audit_acl_entries(fd, os.path.join(config_dir, top), anyone, fix, out)
     finally:
         for fd in tops.values():
             os.close(fd)
@@ -270,8 +295,9 @@ def audit(config_dir: str, fix: bool = False) -> list[Finding]:
                 _audit_dir(fd, os.path.join(config_dir, sub), True, fix, out)
             finally:
                 os.close(fd)
-        _audit_archive(root_fd, config_dir, fix, out)
-        _audit_search_acls(root_fd, config_dir, fix, out)
+        specs = _Specs(config_dir)
+        _audit_archive(root_fd, config_dir, specs, fix, out)
+        _audit_live_acls(root_fd, config_dir, specs, fix, out)
         _audit_accounts(root_fd, config_dir, fix, out)
     except OSError as exc:
         raise PermsError(f"{config_dir}: audit failed: {exc.strerror or exc} "
