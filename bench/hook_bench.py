@@ -50,23 +50,39 @@ def row(what: str, figure: str, target: str, verdict: bool | None) -> None:
     print(f"  {what}: {figure} (target {target}) {mark}", file=sys.stderr, flush=True)
 
 
+def _run_once(cmd: list[str], env: dict[str, str] | None,
+              before: list[str] | None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one run of ``cmd`` (``before`` untimed)."""
+    if before:
+        subprocess.run(before, check=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"benchmark step failed ({code}): {' '.join(cmd)}")
+    return wall, usage.ru_maxrss
+
+
 def timed(cmd: list[str], runs: int, env: dict[str, str] | None = None,
           before: list[str] | None = None) -> tuple[float, int]:
     """Median wall seconds and the largest peak RSS (KiB) over ``runs`` runs."""
-    walls, peak = [], 0
+    return interleaved({"cmd": (cmd, env, before)}, runs)["cmd"]
+
+
+def interleaved(cmds: dict[str, tuple[list[str], dict[str, str] | None, list[str] | None]],
+                runs: int) -> dict[str, tuple[float, int]]:
+    """Like :func:`timed` for several commands, run in turn each round, so a machine that
+    speeds up or slows down during the benchmark moves every median alike."""
+    walls: dict[str, list[float]] = {name: [] for name in cmds}
+    peaks = dict.fromkeys(cmds, 0)
     for _ in range(runs):
-        if before:
-            subprocess.run(before, check=True)
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        walls.append(time.perf_counter() - t0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise SystemExit(f"benchmark step failed ({proc.returncode}): {' '.join(cmd)}")
-        peak = max(peak, usage.ru_maxrss)
-    return statistics.median(walls), peak
+        for name, (cmd, env, before) in cmds.items():
+            wall, peak = _run_once(cmd, env, before)
+            walls[name].append(wall)
+            peaks[name] = max(peaks[name], peak)
+    return {name: (statistics.median(walls[name]), peaks[name]) for name in cmds}
 
 
 def make_site(root: Path) -> Path:
@@ -120,17 +136,21 @@ def bench_deploy(root: Path, runs: int) -> None:
     config = make_site(root)
     key, chain = make_chain(["mail.example.org"])
     write_lineage(config, "mail", 2, pem_of(key), chain)
-    floor, _ = timed([sys.executable, "-c", "import cryptography.x509"], runs)
-    # As certbot runs it: no arguments, the renewed lineage in the environment.
+    # As certbot runs it: no arguments, the renewed lineage in the environment. Beside
+    # it, the floor, and what loading a key costs on top of it: cryptography's
+    # serialization package (which imports its ssh module, dataclasses, inspect and
+    # the ciphers).
     env = dict(os.environ, RENEWED_LINEAGE=str(config / "live" / "mail"))
-    deploy, peak = timed([DEPLOY], runs, env=env, before=flip_script(config))
+    medians = interleaved({
+        "floor": ([sys.executable, "-c", "import cryptography.x509"], None, None),
+        "key floor": ([sys.executable, "-c", "import cryptography.x509, "
+                       "cryptography.hazmat.primitives.serialization"], None, None),
+        "deploy": ([DEPLOY], env, flip_script(config))}, runs)
+    (floor, _), (key_floor, _), (deploy, peak) = (
+        medians["floor"], medians["key floor"], medians["deploy"])
     row("deploy 1 lineage to 5 targets, median wall", f"{deploy * 1000:.0f} ms = "
         f"{deploy / floor:.2f}x the cryptography import floor ({floor * 1000:.0f} ms)",
         "<= 1.3x", deploy / floor <= 1.3)
-    # What loading a key costs on top: cryptography's serialization package (which
-    # imports its ssh module, dataclasses, inspect and the ciphers).
-    key_floor, _ = timed([sys.executable, "-c", "import cryptography.x509, "
-                          "cryptography.hazmat.primitives.serialization"], runs)
     row("  the import floor of loading a key (x509 + serialization)",
         f"{key_floor * 1000:.0f} ms = {key_floor / floor:.2f}x the x509 floor; our deploy is "
         f"{deploy / key_floor:.2f}x this", "reference", None)
