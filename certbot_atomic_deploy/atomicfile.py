@@ -52,12 +52,12 @@ import stat
 from collections.abc import Iterable
 
 from certbot_atomic_deploy.errors import UnsafePathError, WriteError
+from certbot_perms.flags import READ_DIR
 
 TEMP_SUFFIX = ".tmp"
 TEMP_NAME_ATTEMPTS = 16
 MAX_SYMLINKS = 40  # the kernel's own limit (ELOOP)
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_CREATE_MODE = 0o600
 
@@ -136,7 +136,7 @@ def open_directory(path: str, *, owner_uid: int = 0, create_mode: int | None = N
     if ".." in pending:
         raise UnsafePathError(f"{path}: '..' in a destination path is refused "
                               "(write the path without it)")
-    fd = os.open("/", _DIR_FLAGS)
+    fd = os.open("/", READ_DIR)
     walked = "/"
     links = 0
     try:
@@ -144,7 +144,7 @@ def open_directory(path: str, *, owner_uid: int = 0, create_mode: int | None = N
             component = pending.pop(0)
             here = os.path.join(walked, component)
             try:
-                new_fd = os.open(component, _DIR_FLAGS, dir_fd=fd)
+                new_fd = os.open(component, READ_DIR, dir_fd=fd)
             except FileNotFoundError:
                 if pending or create_mode is None:
                     raise UnsafePathError(f"{here}: directory does not exist "
@@ -153,7 +153,7 @@ def open_directory(path: str, *, owner_uid: int = 0, create_mode: int | None = N
                     os.mkdir(component, create_mode, dir_fd=fd)
                     os.chmod(component, create_mode, dir_fd=fd, follow_symlinks=False)
                     os.fsync(fd)
-                    new_fd = os.open(component, _DIR_FLAGS, dir_fd=fd)
+                    new_fd = os.open(component, READ_DIR, dir_fd=fd)
                 except OSError as exc:
                     raise write_failed(here, "creating the directory", exc) from None
             except OSError as exc:
@@ -175,7 +175,7 @@ def open_directory(path: str, *, owner_uid: int = 0, create_mode: int | None = N
                 resolved = os.path.normpath(os.path.join(walked, target, *pending))
                 pending = [c for c in resolved.split("/") if c]
                 os.close(fd)
-                fd = os.open("/", _DIR_FLAGS)
+                fd = os.open("/", READ_DIR)
                 walked = "/"
                 continue
             os.close(fd)

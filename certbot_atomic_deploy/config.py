@@ -36,6 +36,7 @@ from certbot_atomic_deploy.errors import ConfigError
 from certbot_atomic_deploy.pem import FILE_FORMATS, FORMAT_ALIASES, KEYSTORE_FORMAT, holds_key
 from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
 from certbot_perms.errors import SpecError
+from certbot_perms.flags import READ_FILE
 from certbot_perms.spec import parse_mode, resolve_group, resolve_user
 
 T = TypeVar("T")
@@ -44,6 +45,7 @@ DEFAULT_KEEP = 2
 KEY_FILE_MODE = 0o600
 PUBLIC_FILE_MODE = 0o644
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_FORMAT_NAMES = (*FILE_FORMATS, *FORMAT_ALIASES)
 
 
 def _one(value: object, why: str) -> str:
@@ -86,7 +88,7 @@ SPEC: dict[str, Callable[[object], object]] = {
     "domains": _words,
     "path": _text("quote a path that holds a comma"),
     "directory": _text("quote a path that holds a comma"),
-    "format": _choice((*FILE_FORMATS, *FORMAT_ALIASES)),
+    "format": _choice(_FORMAT_NAMES),
     "owner": _text("one user"),
     "group": _text("one group"),
     "mode": _text("one octal mode"),
@@ -95,7 +97,7 @@ SPEC: dict[str, Callable[[object], object]] = {
     "keep": _keep,
     "password_file": _text("one path"),
 }
-_FORMATS = ", ".join(repr(f) for f in (*FILE_FORMATS, *FORMAT_ALIASES))
+_FORMATS = ", ".join(repr(f) for f in _FORMAT_NAMES)
 # Keys that only make sense per target, never in [defaults].
 _TARGET_ONLY = ("path", "directory", "preset")
 
@@ -254,8 +256,7 @@ def read_password(target: Target) -> bytes:
     """
     where = f"[{target.name}] password_file {target.password_file}"
     try:
-        fd = os.open(target.password_file or "", os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY
-                     | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(target.password_file or "", READ_FILE)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot open: {exc.strerror} (a symlink is refused; "
                           "create it with: install -m 600 /dev/null FILE, then write the "

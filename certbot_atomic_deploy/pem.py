@@ -18,6 +18,7 @@ import re
 from typing import NamedTuple
 
 from certbot_atomic_deploy.errors import ValidationError
+from certbot_perms.flags import READ_FILE
 
 KINDS = ("privkey", "cert", "chain", "fullchain")
 FILE_FORMATS = ("key", "cert", "chain", "fullchain", "key+fullchain", "fullchain+key",
@@ -40,7 +41,6 @@ MAX_PEM_BYTES = 1 << 20
 
 _BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
 _LINK_VERSION = re.compile(r"^(?:.*/)?(privkey|cert|chain|fullchain)([0-9]+)\.pem$")
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 class PemBlock(NamedTuple):
@@ -80,7 +80,7 @@ def parse_blocks(data: bytes, where: str) -> list[PemBlock]:
 
 def _read_at(dir_fd: int, name: str, where: str) -> bytes:
     try:
-        fd = os.open(name, _O_READ, dir_fd=dir_fd)
+        fd = os.open(name, READ_FILE, dir_fd=dir_fd)
     except FileNotFoundError:
         raise ValidationError(f"{where}: missing") from None
     except OSError as exc:

@@ -46,13 +46,12 @@ from certbot_atomic_deploy.atomicfile import (
 from certbot_atomic_deploy.config import Target, file_mode
 from certbot_atomic_deploy.errors import UnsafePathError, WriteError
 from certbot_atomic_deploy.pem import DIRECTORY_FILES
+from certbot_perms.flags import READ_DIR, READ_FILE
 
 CURRENT = "current"
 VERSION_DIR_MODE = 0o755
 TARGET_DIR_MODE = 0o755
 _VERSION = re.compile(r"^v([0-9]+)$")
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Undo(NamedTuple):
@@ -70,7 +69,7 @@ def target_files(target: Target) -> dict[str, str]:
 def _read_if_same_owner(dir_fd: int, name: str, uid: int, gid: int, mode: int) -> bytes | None:
     """The file's bytes if it is a regular file with exactly this owner and mode, else None."""
     try:
-        fd = os.open(name, _O_READ, dir_fd=dir_fd)
+        fd = os.open(name, READ_FILE, dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -88,7 +87,7 @@ def _read_if_same_owner(dir_fd: int, name: str, uid: int, gid: int, mode: int) -
 
 def _open_plain(path: str) -> int | None:
     try:
-        return os.open(path, _O_DIR)
+        return os.open(path, READ_DIR)
     except OSError:
         return None
 
@@ -122,7 +121,7 @@ def in_place(target: Target, files: dict[str, bytes]) -> bool:
         if version is None:
             return False
         try:
-            vfd = os.open(version, _O_DIR, dir_fd=dir_fd)
+            vfd = os.open(version, READ_DIR, dir_fd=dir_fd)
         except OSError:
             return False
         try:
@@ -157,7 +156,7 @@ def read_current_bytes(target: Target) -> bytes | None:
     if target.path is None:
         return None
     try:
-        fd = os.open(target.path, _O_READ)
+        fd = os.open(target.path, READ_FILE)
     except OSError:
         return None
     try:
@@ -213,7 +212,7 @@ def versions(dir_fd: int) -> list[int]:
 def _remove_tree(parent_fd: int, name: str) -> None:
     """Remove a version directory of plain files; never follows a symlink."""
     try:
-        fd = os.open(name, _O_DIR, dir_fd=parent_fd)
+        fd = os.open(name, READ_DIR, dir_fd=parent_fd)
     except OSError as exc:
         if exc.errno in (errno.ENOENT,):
             return
@@ -281,7 +280,7 @@ def publish_directory(target: Target, files: dict[str, bytes]) -> Undo:
         temp = f".{final}.{random_token()}{TEMP_SUFFIX}"
         try:
             os.mkdir(temp, 0o700, dir_fd=dir_fd)  # (2)
-            vfd = os.open(temp, _O_DIR, dir_fd=dir_fd)
+            vfd = os.open(temp, READ_DIR, dir_fd=dir_fd)
         except OSError as exc:
             raise write_failed(f"{where}/{temp}", "creating the version directory", exc) from None
         try:

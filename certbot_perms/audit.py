@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 from certbot_perms import acl
 from certbot_perms.errors import PermsError
+from certbot_perms.flags import READ_DIR, READ_FILE
 from certbot_perms.lineage import (
     PRIVKEY_NAME,
     ApplyReport,
@@ -37,8 +38,6 @@ from certbot_perms.lineage import (
 from certbot_perms.records import spec_for
 from certbot_perms.spec import KEY_MODE_OWNER_ONLY, PermSpec, exceeds
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 PRIVATE_DIRS = ("live", "archive", "accounts")
 DEFAULT_SPEC = PermSpec(uid=0, gid=0, mode=KEY_MODE_OWNER_ONLY, owner_name="root",
                         group_name="root")
@@ -56,7 +55,7 @@ class Finding:
 
 def _open_file(name: str, dir_fd: int) -> int | None:
     try:
-        return os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        return os.open(name, READ_FILE, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return None
@@ -148,7 +147,7 @@ class _Specs:
 def _audit_archive(root_fd: int, config_dir: str, specs: _Specs, fix: bool,
                    out: list[Finding]) -> None:
     try:
-        archive_fd = os.open("archive", _DIR_FLAGS, dir_fd=root_fd)
+        archive_fd = os.open("archive", READ_DIR, dir_fd=root_fd)
     except FileNotFoundError:
         return
     try:
@@ -157,7 +156,7 @@ def _audit_archive(root_fd: int, config_dir: str, specs: _Specs, fix: bool,
         for lineage in lineages:
             shown = os.path.join(config_dir, "archive", lineage)
             try:
-                lineage_fd = os.open(lineage, _DIR_FLAGS, dir_fd=archive_fd)
+                lineage_fd = os.open(lineage, READ_DIR, dir_fd=archive_fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     out.append(Finding(shown, "not a directory (a symlink?) in archive/; "
@@ -179,14 +178,14 @@ def _audit_archive(root_fd: int, config_dir: str, specs: _Specs, fix: bool,
 
 def _audit_accounts(root_fd: int, config_dir: str, fix: bool, out: list[Finding]) -> None:
     try:
-        accounts_fd = os.open("accounts", _DIR_FLAGS, dir_fd=root_fd)
+        accounts_fd = os.open("accounts", READ_DIR, dir_fd=root_fd)
     except FileNotFoundError:
         return
     try:
         for dirpath, dirnames, filenames, dfd in os.fwalk(dir_fd=accounts_fd):
             shown_dir = os.path.normpath(os.path.join(config_dir, "accounts", dirpath))
             for sub in dirnames:
-                with_fd = os.open(sub, _DIR_FLAGS, dir_fd=dfd)
+                with_fd = os.open(sub, READ_DIR, dir_fd=dfd)
                 try:
                     _audit_dir(with_fd, os.path.join(shown_dir, sub), True, fix, out)
                 finally:
@@ -250,14 +249,14 @@ def _audit_live_acls(root_fd: int, config_dir: str, specs: _Specs, fix: bool,
     try:
         for top in ("live", "archive"):
             try:
-                tops[top] = os.open(top, _DIR_FLAGS, dir_fd=root_fd)
+                tops[top] = os.open(top, READ_DIR, dir_fd=root_fd)
             except OSError as exc:
                 if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
                     raise  # a symlink or file there is reported by audit()
         if "live" in tops:
             shown_live = os.path.join(config_dir, "live")
             for name in _subdirs(tops["live"]):
-                sub = os.open(name, _DIR_FLAGS, dir_fd=tops["live"])
+                sub = os.open(name, READ_DIR, dir_fd=tops["live"])
                 try:
                     if acl.named_entries(sub):
                         _audit_acl_entries(sub, os.path.join(shown_live, name),
@@ -282,7 +281,7 @@ def audit(config_dir: str, fix: bool = False) -> list[Finding]:
         _audit_dir(root_fd, config_dir, False, fix, out)
         for sub in PRIVATE_DIRS:
             try:
-                fd = os.open(sub, _DIR_FLAGS, dir_fd=root_fd)
+                fd = os.open(sub, READ_DIR, dir_fd=root_fd)
             except FileNotFoundError:
                 continue
             except OSError as exc:

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", help="audit keys and directories (exit 1 if anything is found)",
         description="Report every private key readable beyond its lineage's spec (or beyond "
-                    "0600 root where none is set), world-readable account keys and unsafe "
-                    "directory modes. Exit 1 when something is found, for monitoring.")
+                    "0600 root where none is set), world-readable account keys, unsafe "
+                    "directory modes, and ACL entries on live/ and archive/ that no lineage's "
+                    "spec asks for. Exit 1 when something is found, for monitoring.")
     check.add_argument("--fix", action="store_true", help="tighten what is found")
     check.add_argument("--json", action="store_true", help="print findings as JSON")
     check.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR,

@@ -54,6 +54,7 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._spec: PermSpec | None = None
+        self._deployed: set[str] = set()  # lineage key paths deploy_cert has handled
 
     def more_info(self) -> str:
         return ("Sets owner, group and mode of every private key of the lineage and lets "
@@ -97,8 +98,10 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
 
     def deploy_cert(self, domain: str, cert_path: str, key_path: str,
                     chain_path: str, fullchain_path: str) -> None:
-        # Called once per domain of the certificate; applying is idempotent.
-        self._apply(key_path)
+        # Certbot calls this once per domain of the certificate: the lineage once is enough.
+        if key_path not in self._deployed:
+            self._apply(key_path)
+            self._deployed.add(key_path)
 
     def get_all_names(self) -> Iterable[str]:
         return []  # no server configuration to read names from: give -d

@@ -30,12 +30,10 @@ from dataclasses import dataclass, field
 
 from certbot_perms import acl
 from certbot_perms.errors import LineageError, PermsError
+from certbot_perms.flags import READ_DIR, READ_FILE
 from certbot_perms.spec import PermSpec, name_of_gid, name_of_uid
 
 PRIVKEY_NAME = re.compile(r"^privkey[0-9]+\.pem$")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO planted under a key's name must not hang the open.
-_KEY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 class ChownRefused(PermsError):
@@ -88,7 +86,7 @@ def _open_below(root_fd: int, relpath: str, shown: str) -> int:
             if component == "..":
                 raise LineageError(f"{shown}: leaves the config dir; refusing")
             try:
-                new_fd = os.open(component, _DIR_FLAGS, dir_fd=fd)
+                new_fd = os.open(component, READ_DIR, dir_fd=fd)
             except FileNotFoundError:
                 raise LineageError(f"{shown}: does not exist") from None
             except OSError as exc:
@@ -149,7 +147,7 @@ def apply_to_key(dir_fd: int, name: str, spec: PermSpec, shown: str,
         key is readable by a subset of both the old and the final readers.
     """
     try:
-        fd = os.open(name, _KEY_FLAGS, dir_fd=dir_fd)  # (1)
+        fd = os.open(name, READ_FILE, dir_fd=dir_fd)  # (1)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return
@@ -190,7 +188,7 @@ def _tighten_world_readable_keys(archive_root_fd: int, shown_root: str,
     """Remove others' bits from every key under archive/ (step 3 of the module doc)."""
     for lineage in sorted(os.listdir(archive_root_fd)):
         try:
-            lineage_fd = os.open(lineage, _DIR_FLAGS, dir_fd=archive_root_fd)
+            lineage_fd = os.open(lineage, READ_DIR, dir_fd=archive_root_fd)
         except OSError:
             continue  # not a directory, or a symlink: nothing of ours to protect there
         try:
@@ -198,7 +196,7 @@ def _tighten_world_readable_keys(archive_root_fd: int, shown_root: str,
                 if not PRIVKEY_NAME.match(entry):
                     continue
                 try:
-                    with _opened(entry, _KEY_FLAGS, lineage_fd) as fd:
+                    with _opened(entry, READ_FILE, lineage_fd) as fd:
                         st = os.fstat(fd)
                         if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IRWXO:
                             os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~stat.S_IRWXO)

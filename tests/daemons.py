@@ -70,6 +70,20 @@ def _dir(path: Path, mode: int = 0o755) -> Path:
 
 
 @contextmanager
+def _foreground(daemon: Daemon, cmd: list[str], output: Path, log: Path) -> Iterator[Daemon]:
+    """Run ``cmd`` (a daemon in the foreground, its output to ``output``), wait until it
+    listens (showing ``log`` if it never does), and stop exactly that process."""
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    try:
+        _wait_port(daemon.port, daemon.name, log)
+        yield daemon
+    finally:
+        _stop_pid(proc.pid)
+        proc.wait(timeout=20)
+
+
+@contextmanager
 def postfix(root: Path, chain_files: str) -> Iterator[Daemon]:
     """A private Postfix: smtpd with ``smtpd_tls_chain_files``, a fresh smtpd per connection."""
     root = _dir(root)
@@ -143,15 +157,9 @@ http {{
 """)
     daemon = Daemon("nginx", port, root, root / "nginx.pid",
                     check=f"nginx -t -q -c {conf}", reload=f"nginx -c {conf} -s reload")
-    with open(root / "stdout.log", "wb") as log:
-        proc = subprocess.Popen(["nginx", "-c", str(conf)], stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL)
-    try:
-        _wait_port(port, "nginx", root / "error.log")
-        yield daemon
-    finally:
-        _stop_pid(proc.pid)
-        proc.wait(timeout=20)
+    with _foreground(daemon, ["nginx", "-c", str(conf)], root / "stdout.log",
+                     root / "error.log") as running:
+        yield running
 
 
 @contextmanager
@@ -175,15 +183,9 @@ frontend tls
     pid_file = root / "haproxy.pid"
     daemon = Daemon("haproxy", port, root, pid_file, check=f"haproxy -c -q -f {conf}",
                     reload=f"kill -USR2 $(cat {pid_file})")
-    with open(root / "haproxy.log", "wb") as log:
-        proc = subprocess.Popen(["haproxy", "-W", "-db", "-f", str(conf), "-p", str(pid_file)],
-                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    try:
-        _wait_port(port, "haproxy", root / "haproxy.log")
-        yield daemon
-    finally:
-        _stop_pid(proc.pid)
-        proc.wait(timeout=20)
+    command = ["haproxy", "-W", "-db", "-f", str(conf), "-p", str(pid_file)]
+    with _foreground(daemon, command, root / "haproxy.log", root / "haproxy.log") as running:
+        yield running
 
 
 @contextmanager
@@ -226,15 +228,9 @@ service imap-login {{
     daemon = Daemon("dovecot", port, root, root / "run" / "master.pid",
                     check=f"doveconf -c {conf} -n > /dev/null",
                     reload=f"doveadm -c {conf} reload")
-    with open(root / "stdout.log", "wb") as log:
-        proc = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL)
-    try:
-        _wait_port(port, "dovecot", root / "dovecot.log")
-        yield daemon
-    finally:
-        _stop_pid(proc.pid)
-        proc.wait(timeout=20)
+    with _foreground(daemon, ["dovecot", "-F", "-c", str(conf)], root / "stdout.log",
+                     root / "dovecot.log") as running:
+        yield running
 
 
 def served_serial(port: int, starttls: str | None = None, attempts: int = 3) -> int:

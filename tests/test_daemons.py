@@ -15,7 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemons import dovecot, haproxy, lineage_serial, nginx, postfix, seed, served_serial
+from daemons import (
+    Daemon,
+    dovecot,
+    haproxy,
+    lineage_serial,
+    nginx,
+    postfix,
+    seed,
+    served_serial,
+)
 from helpers import DEPLOY, deploy, mode_of, write_conf
 
 from testbed import Certbot
@@ -25,6 +34,14 @@ pytestmark = pytest.mark.skipif(
             ("postfix", "haproxy", "nginx", "dovecot")),
     reason="the daemons are installed by scripts/test (postfix haproxy nginx-light "
            "dovecot-imapd)")
+
+
+def _target(certbot: Certbot, daemon: Daemon, where: str) -> None:
+    """A target for lineage 'mail' with the daemon's preset; check and reload overridden
+    with the private instance's own (it runs on its own config file)."""
+    certbot.config_dir.mkdir(parents=True, exist_ok=True)
+    write_conf(certbot.config_dir, f"[{daemon.name}]\npreset = {daemon.name}\nlineage = mail\n"
+                                   f"{where}\ncheck = {daemon.check}\nreload = {daemon.reload}\n")
 
 
 def _issue_with_hook(certbot: Certbot, name: str = "mail") -> Path:
@@ -37,18 +54,9 @@ def test_postfix_serves_the_combined_file_through_a_renewal(certbot: Certbot,
                                                             open_tmp: Path) -> None:
     tls = open_tmp / "postfix-tls"
     tls.mkdir(mode=0o755)
-    pf_root = open_tmp / "postfix"
-    certbot.config_dir.mkdir(parents=True)
-    write_conf(certbot.config_dir, f"""\
-[postfix]
-preset = postfix
-lineage = mail
-path = {tls}/mail.pem
-check = postfix -c {pf_root} check
-reload = postfix -c {pf_root} reload
-""")
     seed(tls / "mail.pem")
-    with postfix(pf_root, f"{tls}/mail.pem") as daemon:
+    with postfix(open_tmp / "postfix", f"{tls}/mail.pem") as daemon:
+        _target(certbot, daemon, f"path = {tls}/mail.pem")
         live = _issue_with_hook(certbot)
         assert mode_of(tls / "mail.pem") == 0o600
         assert served_serial(daemon.port, "smtp") == lineage_serial(live)
@@ -62,19 +70,9 @@ def test_haproxy_serves_the_combined_file_through_a_renewal(certbot: Certbot,
     out = open_tmp / "haproxy-certs"
     out.mkdir(mode=0o755)
     crt = out / "mail.pem"
-    hp_root = open_tmp / "haproxy"
-    certbot.config_dir.mkdir(parents=True)
-    conf_body = f"""\
-[haproxy]
-preset = haproxy
-lineage = mail
-path = {crt}
-check = haproxy -c -q -f {hp_root}/haproxy.cfg
-reload = kill -USR2 $(cat {hp_root}/haproxy.pid)
-"""
-    write_conf(certbot.config_dir, conf_body)
     seed(crt, order="key-last")
-    with haproxy(hp_root, str(crt)) as daemon:
+    with haproxy(open_tmp / "haproxy", str(crt)) as daemon:
+        _target(certbot, daemon, f"path = {crt}")
         live = _issue_with_hook(certbot)
         first = lineage_serial(live)
         _eventually(lambda: served_serial(daemon.port) == first)
@@ -86,18 +84,10 @@ def test_nginx_on_a_versioned_directory_and_rollback_on_a_broken_config(
         certbot: Certbot, open_tmp: Path) -> None:
     directory = open_tmp / "nginx-tls"
     ng_root = open_tmp / "nginx"
-    certbot.config_dir.mkdir(parents=True)
-    write_conf(certbot.config_dir, f"""\
-[nginx]
-preset = nginx
-lineage = mail
-directory = {directory}
-check = nginx -t -q -c {ng_root}/nginx.conf
-reload = nginx -c {ng_root}/nginx.conf -s reload
-""")
     seed(directory)
     current = directory / "current"
     with nginx(ng_root, f"{current}/fullchain.pem", f"{current}/privkey.pem") as daemon:
+        _target(certbot, daemon, f"directory = {directory}")
         live = _issue_with_hook(certbot)
         v1 = lineage_serial(live)
         _eventually(lambda: served_serial(daemon.port) == v1)
@@ -109,7 +99,8 @@ reload = nginx -c {ng_root}/nginx.conf -s reload
         conf = ng_root / "nginx.conf"
         conf.write_text(conf.read_text() + "\nthis is not nginx syntax;\n")
         renewed = certbot.renew("--force-renewal", check=False)
-        assert "reported error code 1" in renewed.stderr or "error" in renewed.stderr.lower()
+        assert "reported error code 1" in renewed.stderr  # certbot saw the hook fail ...
+        assert "reload skipped" in renewed.stderr  # ... on the check, and said so
         assert lineage_serial(live) != v2  # certbot did renew ...
         assert os.readlink(current) == "v2"  # ... but the target went back
         assert served_serial(daemon.port) == v2  # and nginx was not reloaded
@@ -120,19 +111,11 @@ reload = nginx -c {ng_root}/nginx.conf -s reload
 def test_dovecot_on_a_versioned_directory_through_a_renewal(certbot: Certbot,
                                                            open_tmp: Path) -> None:
     directory = open_tmp / "dovecot-tls"
-    dc_root = open_tmp / "dovecot"
-    certbot.config_dir.mkdir(parents=True)
-    write_conf(certbot.config_dir, f"""\
-[dovecot]
-preset = dovecot
-lineage = mail
-directory = {directory}
-check = doveconf -c {dc_root}/dovecot.conf -n > /dev/null
-reload = doveadm -c {dc_root}/dovecot.conf reload
-""")
     seed(directory)
     current = directory / "current"
-    with dovecot(dc_root, f"{current}/fullchain.pem", f"{current}/privkey.pem") as daemon:
+    with dovecot(open_tmp / "dovecot", f"{current}/fullchain.pem",
+                 f"{current}/privkey.pem") as daemon:
+        _target(certbot, daemon, f"directory = {directory}")
         live = _issue_with_hook(certbot)
         v1 = lineage_serial(live)
         _eventually(lambda: served_serial(daemon.port, "imap") == v1)
