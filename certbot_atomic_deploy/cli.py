@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from certbot_atomic_deploy.config import Config, load, read_password
 from certbot_atomic_deploy.deploy import Deployer, RunResult, failure_lines
 from certbot_atomic_deploy.errors import ConfigError, DeployError, LockError
+from certbot_perms.errors import describe_unexpected
 
 if TYPE_CHECKING:
     import argparse
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_CONFIG_DIR})")
     parser.add_argument("--config", default=None,
                         help=f"deploy config file (default: CONFIG_DIR/{CONFIG_NAME})")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error")
     parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT,
                         metavar="SECONDS",
                         help=f"how long to wait for another run (default {DEFAULT_LOCK_TIMEOUT:g})")
@@ -168,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         # The deploy hook's own path (no arguments): argparse is not even imported,
         # because this runs on every renewal and its start-up time is what users feel.
-        args = SimpleNamespace(command=None, config_dir=None, config=None,
+        args = SimpleNamespace(command=None, config_dir=None, config=None, debug=False,
                                lock_timeout=DEFAULT_LOCK_TIMEOUT)
     try:
         return run(args)
@@ -183,6 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"certbot-atomic-deploy: {where}{exc.strerror or exc} (an I/O error outside the "
               "targets; no target was left half-written: check the disk and run again)",
               file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug or an environment we did not foresee: still one line
+        if args.debug:
+            raise
+        print(f"certbot-atomic-deploy: unexpected error: {describe_unexpected(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 

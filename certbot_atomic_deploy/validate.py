@@ -5,7 +5,11 @@ only when something is to be written (the "nothing changed" path skips it).
 
 Checks, each failing with one line that names the file:
 - the key parses, unencrypted, and its public key is the leaf certificate's;
-- each certificate in the chain is issued (and signed) by the next one;
+- each certificate in the chain is issued (and signed) by the next one:
+  ``Certificate.verify_directly_issued_by`` where cryptography has it (40 and
+  newer), else :func:`check_signature`, the same check built from the calls
+  that cryptography 3.4 already has (Ubuntu 22.04 ships 3.4.8, RHEL 9 36.0.1,
+  Debian 12 38.0.4);
 - the leaf is valid now (not before its notBefore, not after its notAfter);
 - every domain glob a target asks for is covered by a name of the leaf.
 """
@@ -13,13 +17,13 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
-import itertools
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
 from certbot_atomic_deploy.errors import ValidationError
 from certbot_atomic_deploy.pem import Material
@@ -91,10 +95,10 @@ def validate(material: Material, now: datetime.datetime | None = None) -> CertIn
     if key.public_key().public_bytes(*_SPKI) != leaf.public_key().public_bytes(*_SPKI):
         raise ValidationError(f"{src['privkey']}: the key does not match the certificate "
                               f"{src['cert']} (refusing to publish a mismatched pair)")
-    for i, (child, parent) in enumerate(itertools.pairwise(chain)):
+    for i, (child, parent) in enumerate(zip(chain, chain[1:])):
         try:
-            child.verify_directly_issued_by(parent)
-        except (ValueError, TypeError, InvalidSignature) as exc:
+            verify_issued_by(child, parent)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
             raise ValidationError(
                 f"{src['fullchain']}: certificate {i + 1} ({child.subject.rfc4514_string()}) "
                 f"is not issued by certificate {i + 2} ({parent.subject.rfc4514_string()}): "
@@ -108,6 +112,50 @@ def validate(material: Material, now: datetime.datetime | None = None) -> CertIn
         raise ValidationError(f"{src['cert']}: expired {info.not_after:%Y-%m-%d %H:%M} UTC "
                               "(renew it: certbot renew --cert-name " + material.lineage + ")")
     return info
+
+
+def verify_issued_by(child: x509.Certificate, parent: x509.Certificate) -> None:
+    """Raise unless ``parent`` issued ``child``: its subject is the child's issuer and its key
+    made the child's signature. cryptography's own check where it has one (40 and newer)."""
+    native = getattr(child, "verify_directly_issued_by", None)
+    if native is not None:
+        native(parent)
+    else:
+        check_signature(child, parent)
+
+
+_RSA_PSS_OID = "1.2.840.113549.1.1.10"
+
+
+def check_signature(child: x509.Certificate, parent: x509.Certificate) -> None:
+    """The issuer check for cryptography before 40, from calls that 3.4 has.
+
+    Raises ValueError (issuer name), TypeError (a key type that cannot sign
+    certificates) or InvalidSignature, as ``verify_directly_issued_by`` does.
+    """
+    if child.issuer != parent.subject:
+        raise ValueError("Issuer name on certificate does not match subject of issuer "
+                         "certificate")
+    if child.signature_algorithm_oid.dotted_string == _RSA_PSS_OID:
+        # The PSS salt length and MGF hash are in parameters that cryptography exposes
+        # only from 41 on (signature_algorithm_parameters); no CA on the web signs with PSS.
+        raise ValueError("an RSASSA-PSS signature needs cryptography 40 or newer to check")
+    key = parent.public_key()
+    signature, data = child.signature, child.tbs_certificate_bytes
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        key.verify(signature, data)
+        return
+    digest = child.signature_hash_algorithm
+    if digest is None:
+        raise TypeError("the signature names no hash algorithm")
+    if isinstance(key, rsa.RSAPublicKey):
+        key.verify(signature, data, padding.PKCS1v15(), digest)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(signature, data, ec.ECDSA(digest))
+    elif isinstance(key, dsa.DSAPublicKey):
+        key.verify(signature, data, digest)
+    else:
+        raise TypeError(f"an issuer key of type {type(key).__name__} cannot sign certificates")
 
 
 def require_covered(info: CertInfo, domains: Iterable[str], where: str) -> None:

@@ -1,8 +1,9 @@
 """``certbot-perms``: apply a key spec from a deploy hook, or audit a config dir.
 
 The only module of this package that reads ``os.environ`` and turns errors
-into exit codes. Exit codes: 0 fine, 1 ``check`` found something, 2 bad input
-or a failure (one line on stderr says what, where and what to do).
+into exit codes. Exit codes: 0 fine, 1 ``check`` found something (or an
+unexpected error: one line, ``--debug`` shows the traceback), 2 bad input or a
+failure (one line on stderr says what, where and what to do).
 """
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from certbot_perms.audit import as_json, audit
-from certbot_perms.errors import PermsError
+from certbot_perms.errors import PermsError, describe_unexpected
 from certbot_perms.lineage import apply_key_permissions, split_lineage_ref
 from certbot_perms.records import record_spec, spec_for
 from certbot_perms.spec import PermSpec, parse_spec
 
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+EXIT_UNEXPECTED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="certbot-perms",
         description="Give Certbot lineages' private keys the owner, group and mode their "
                     "daemons need, and audit a config dir for keys readable too widely.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     apply = sub.add_parser(
@@ -124,6 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PermsError as exc:
         print(f"certbot-perms: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"certbot-perms: {where}{exc.strerror or exc} (nothing after it was changed; "
+              "fix it and run again)", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"certbot-perms: {describe_unexpected(exc)}", file=sys.stderr)
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":
