@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an environment we did not foresee: still one line
         if args.debug:
             raise
-        print(f"certbot-atomic-deploy: unexpected error: {describe_unexpected(exc)}", file=sys.stderr)
+        print(f"certbot-atomic-deploy: {describe_unexpected(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -158,7 +158,7 @@ def pkcs12_kdf(password: bytes, salt: bytes, purpose: int, rounds: int, size: in
     ``password`` is as the user typed it; the KDF takes it as a BMPString
     (UTF-16BE with two zero bytes at the end).
     """
-    u, v = 32, 64
+    v = 64  # SHA-256's block size; its output (u) is 32 bytes
     bmp = password.decode("utf-8").encode("utf-16-be") + b"\0\0"
 
     def fill(data: bytes) -> bytes:
