@@ -29,11 +29,11 @@ from helpers import DEPLOY, deploy, mode_of, write_conf
 
 from testbed import Certbot
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.root, pytest.mark.skipif(
     not all(shutil.which(d, path="/usr/sbin:/usr/bin") for d in
             ("postfix", "haproxy", "nginx", "dovecot")),
     reason="the daemons are installed by scripts/test (postfix haproxy nginx-light "
-           "dovecot-imapd)")
+           "dovecot-imapd)")]
 
 
 def _target(certbot: Certbot, daemon: Daemon, where: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,11 +26,12 @@ WATCHER = str(Path(__file__).parent / "watcher.py")
 
 
 @contextmanager
-def outsider_watching(roots: list[Path], stop: Path) -> Iterator[dict[str, object]]:
+def outsider_watching(python: str, roots: list[Path], stop: Path
+                      ) -> Iterator[dict[str, object]]:
     result: dict[str, object] = {}
     proc = subprocess.Popen(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, WATCHER, "--stop", str(stop), *map(str, roots)],
+         python, WATCHER, "--stop", str(stop), *map(str, roots)],
         stdout=subprocess.PIPE, text=True)
     try:
         yield result
@@ -42,7 +42,8 @@ def outsider_watching(roots: list[Path], stop: Path) -> Iterator[dict[str, objec
 
 
 @pytest.mark.nocertbot
-def test_no_outsider_read_during_many_deploys(site: Path, group: str) -> None:
+def test_no_outsider_read_during_many_deploys(site: Path, group: str,
+                                              outsider_python: str) -> None:
     deploys = 1000
     conf = write_conf(site / "le", f"""\
 [postfix]
@@ -68,7 +69,7 @@ keep = 1
         key, chain = make_chain(["mail.example.org"])
         versions.append((v, pem_of(key), chain))
     stop = site / "stop"
-    with outsider_watching([site / "out"], stop) as seen:
+    with outsider_watching(outsider_python, [site / "out"], stop) as seen:
         for i in range(deploys):
             v, key_pem, chain = versions[i % 2]
             write_lineage(site / "le", "mail", v, key_pem, chain)  # switch live/ to v
@@ -80,13 +81,14 @@ keep = 1
     assert seen["exposures"] == 0, seen["examples"]
 
 
-def test_no_outsider_read_while_certbot_renews_with_perms(certbot: Certbot, group: str) -> None:
+def test_no_outsider_read_while_certbot_renews_with_perms(certbot: Certbot, group: str,
+                                                         outsider_python: str) -> None:
     certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "watched",
                 "-d", "watched.example.org", "--perms-key-group", group)
     stop = certbot.root / "stop"
     renewals = 3
-    with outsider_watching([certbot.config_dir / "live", certbot.config_dir / "archive",
-                            certbot.config_dir], stop) as seen:
+    roots = [certbot.config_dir / "live", certbot.config_dir / "archive", certbot.config_dir]
+    with outsider_watching(outsider_python, roots, stop) as seen:
         for _ in range(renewals):
             certbot.renew("--force-renewal")
     report(f"exposure watch, {renewals} certbot renewals with -i perms: {seen['scans']} scans, "

@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import mixed_read
 
+pytestmark = pytest.mark.root  # the writer publishes with root's owners
+
 MIN_READS = 50_000  # per reader; two readers per row
 
 

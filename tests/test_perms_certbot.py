@@ -265,7 +265,7 @@ def test_check_reports_acl_entries_no_spec_asks_for_and_fix_removes_them(
 
 
 def test_unprivileged_certbot_warns_in_one_line_and_still_renews(
-        certbot: Certbot, group: str) -> None:
+        certbot: Certbot, group: str, outsider_python: str) -> None:
     """certbot run as a plain user: the chown to root is refused, the renewal is not."""
     certbot.root.chmod(0o755)
     os.chown(certbot.root, NOBODY, NOBODY)

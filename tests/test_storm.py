@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import storm
 
-pytestmark = pytest.mark.skipif(not shutil.which("postfix", path="/usr/sbin"),
-                                reason="postfix is installed by scripts/test")
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not shutil.which("postfix", path="/usr/sbin"),
+                                 reason="postfix is installed by scripts/test")]
 CONNECTIONS = 1000
 
 
