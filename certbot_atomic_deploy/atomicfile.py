@@ -40,8 +40,8 @@ directory switched by one symlink, for that (see :mod:`.publish`).
 :func:`open_directory` opens a destination directory safely: it walks the path
 one component at a time with ``O_NOFOLLOW``, resolves symlinks in intermediate
 components itself, and refuses any directory on the way that someone other
-than root (or the target's owner, for the last one) could write to, the way
-sendmail refuses unsafe parents.
+than root or the running user (or the target's owner, for the last one) could
+write to, the way sendmail refuses unsafe parents.
 """
 from __future__ import annotations
 
@@ -124,8 +124,9 @@ def unsafe_reason(st: os.stat_result, trusted_uids: Iterable[int], *, last: bool
 def open_directory(path: str, *, owner_uid: int = 0, create_mode: int | None = None) -> int:
     """Open directory ``path`` for writing into it, refusing unsafe ones. Returns an fd.
 
-    Every directory on the way must pass :func:`unsafe_reason` (the last one
-    may also be owned by ``owner_uid``). Symlinks in intermediate components
+    Every directory on the way must pass :func:`unsafe_reason`, trusting root
+    and the running user (who can write anything we write anyway); the last
+    one may also be owned by ``owner_uid``. Symlinks in intermediate components
     are resolved here, each target walked and checked like the rest; a
     symlink as the last component is refused. With ``create_mode``, a missing
     last component is created with that mode.
@@ -136,6 +137,7 @@ def open_directory(path: str, *, owner_uid: int = 0, create_mode: int | None = N
     if ".." in pending:
         raise UnsafePathError(f"{path}: '..' in a destination path is refused "
                               "(write the path without it)")
+    euid = os.geteuid()  # whoever owns us can already write what we write: trust them
     fd = os.open("/", READ_DIR)
     walked = "/"
     links = 0
@@ -181,8 +183,8 @@ def open_directory(path: str, *, owner_uid: int = 0, create_mode: int | None = N
             os.close(fd)
             fd = new_fd
             walked = here
-            why = unsafe_reason(os.fstat(fd), {owner_uid} if not pending else (),
-                                last=not pending)
+            trusted = {euid, owner_uid} if not pending else {euid}
+            why = unsafe_reason(os.fstat(fd), trusted, last=not pending)
             if why is not None:
                 raise UnsafePathError(f"{walked}: unsafe directory, {why} (make it root-owned "
                                       "and writable by root only: chown root: DIR; chmod go-w DIR)")

@@ -276,6 +276,11 @@ def read_password(target: Target) -> bytes:
     if not password or len(data) > MAX_PASSWORD_BYTES:
         raise ConfigError(f"{where}: put the password on the first line (1 to "
                           f"{MAX_PASSWORD_BYTES} bytes)")
+    if not all(0x20 <= b < 0x7F for b in password):
+        # Java derives PBES2 keys only from ASCII passwords ("Password is not ASCII").
+        raise ConfigError(f"{where}: the password holds characters other than printable "
+                          "ASCII, which Java cannot open a PBES2 keystore with (use "
+                          "letters, digits and punctuation, e.g. openssl rand -base64 24)")
     return password
 
 

@@ -134,8 +134,7 @@ def check_signature(child: x509.Certificate, parent: x509.Certificate) -> None:
     certificates) or InvalidSignature, as ``verify_directly_issued_by`` does.
     """
     if child.issuer != parent.subject:
-        raise ValueError("Issuer name on certificate does not match subject of issuer "
-                         "certificate")
+        raise ValueError("Issuer certificate subject does not match certificate issuer.")
     if child.signature_algorithm_oid.dotted_string == _RSA_PSS_OID:
         # The PSS salt length and MGF hash are in parameters that cryptography exposes
         # only from 41 on (signature_algorithm_parameters); no CA on the web signs with PSS.

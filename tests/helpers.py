@@ -8,10 +8,11 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 NOBODY = 65534
 
@@ -67,16 +68,30 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, cn)])
 
 
+def new_key(kind: str = "ec") -> Any:
+    """A fresh private key: "ec" (P-256), "rsa" (2048) or "ed25519"."""
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    return ec.generate_private_key(ec.SECP256R1())
+
+
 def make_chain(names: list[str], *, days_valid: tuple[int, int] = (-1, 90),
-               key: ec.EllipticCurvePrivateKey | None = None
+               key: ec.EllipticCurvePrivateKey | None = None, issuer_kind: str = "ec"
                ) -> tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
-    """A real leaf (for ``names``) and intermediate, both issued by a fresh root."""
+    """A real leaf (for ``names``) and intermediate, both issued by a fresh root.
+
+    ``issuer_kind`` is the key type of root and intermediate ("ec", "rsa",
+    "ed25519"). Every chain uses the same names, so a leaf of one chain with the
+    intermediate of another names its issuer right but was signed by another key.
+    """
     now = datetime.datetime.now(datetime.timezone.utc)
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    inter_key = ec.generate_private_key(ec.SECP256R1())
+    root_key = new_key(issuer_kind)
+    inter_key = new_key(issuer_kind)
     leaf_key = key or ec.generate_private_key(ec.SECP256R1())
 
-    def cert(subject: str, issuer: str, pub: object, signer: ec.EllipticCurvePrivateKey,
+    def cert(subject: str, issuer: str, pub: object, signer: Any,
              ca: bool, sans: list[str] | None, start: int, end: int) -> x509.Certificate:
         builder = (x509.CertificateBuilder().subject_name(_name(subject))
                    .issuer_name(_name(issuer)).public_key(pub)  # type: ignore[arg-type]
@@ -87,7 +102,8 @@ def make_chain(names: list[str], *, days_valid: tuple[int, int] = (-1, 90),
         if sans:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
-        return builder.sign(signer, hashes.SHA256())
+        digest = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+        return builder.sign(signer, digest)
 
     inter = cert("test intermediate", "test root", inter_key.public_key(), root_key, True,
                  None, -10, 365)
