@@ -120,6 +120,9 @@ def _show_config(config: Config) -> None:
 
 
 def run(args: argparse.Namespace | SimpleNamespace) -> int:
+    if args.command is None and not os.environ.get("RENEWED_LINEAGE"):
+        raise ConfigError("no command given and $RENEWED_LINEAGE is not set (run "
+                          "'deploy --all', or use this as certbot's --deploy-hook)")
     config_dir = _config_dir(args)
     config = load(args.config or os.path.join(config_dir, CONFIG_NAME))
     command = args.command
@@ -142,11 +145,8 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
             result = deployer.rollback(args.target)
         _print_result(result, False)
         return EXIT_OK if result.ok else EXIT_FAILED
-    if command is None:  # certbot deploy hook
-        renewed = os.environ.get("RENEWED_LINEAGE")
-        if not renewed:
-            raise ConfigError("no command given and $RENEWED_LINEAGE is not set (run "
-                              "'deploy --all', or use this as certbot's --deploy-hook)")
+    if command is None:  # certbot deploy hook ($RENEWED_LINEAGE checked above)
+        renewed = os.environ["RENEWED_LINEAGE"]
         wanted: set[str] | None = {os.path.basename(os.path.normpath(renewed))}
         dry_run, as_json = False, False
     else:

@@ -313,8 +313,9 @@ def load(path: str) -> Config:
         conf = ConfigObj(path, file_error=True, interpolation=False, list_values=True,
                          raise_errors=True)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror} (create it, or give "
-                          "--config)") from None
+        # configobj's own "not found" error carries no errno, hence no strerror
+        why = exc.strerror or "no such file"
+        raise ConfigError(f"{path}: cannot read: {why} (create it, or give --config)") from None
     except ConfigObjError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for key in conf.scalars:

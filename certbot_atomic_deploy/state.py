@@ -94,7 +94,7 @@ class StateDir:
                     for name, t in raw.get("targets", {}).items()}
             except FileNotFoundError:
                 self._targets = {}
-            except (OSError, ValueError, TypeError, KeyError) as exc:
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise DeployError(f"{self.file}: unreadable state ({exc}); move it away and "
                                   "deploy again (status and rollback start afresh)") from None
         return self._targets

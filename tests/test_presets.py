@@ -6,8 +6,6 @@ from pathlib import Path
 import pytest
 from helpers import deploy, mode_of, one_line, snapshot, write_conf
 
-from certbot_atomic_deploy.presets import PRESETS
-
 pytestmark = pytest.mark.nocertbot
 
 
@@ -79,9 +77,3 @@ def test_a_mode_or_owner_the_daemon_refuses_is_a_config_error(
     assert message in one_line(result)
     assert snapshot(site / "out") == before
 
-
-def test_every_preset_names_its_reason_and_a_valid_mode() -> None:
-    from certbot_perms.spec import parse_mode
-    for name, preset in PRESETS.items():
-        assert len(preset.why) > 20, name
-        parse_mode(str(preset.values["mode"]), name)

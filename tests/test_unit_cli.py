@@ -1,0 +1,211 @@
+"""Both commands called as ``main([...])``, as the user running the tests: config rules,
+presets, exit codes, one-line errors, and a whole deploy into directories the user owns.
+
+Unit tier: no root, no network. Owner and group are the user's own (numeric),
+so nothing here needs a chown that only root may do.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from helpers import make_chain, pem_of, snapshot, write_lineage
+
+from certbot_atomic_deploy import cli as deploy_cli
+from certbot_atomic_deploy.config import load
+from certbot_atomic_deploy.presets import PRESETS
+from certbot_perms import cli as perms_cli
+from certbot_perms.errors import describe_unexpected
+from certbot_perms.spec import parse_mode
+
+ME, MY_GROUP = os.geteuid(), os.getegid()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """SITE/le: a certbot-shaped config dir with lineage 'mail'; SITE/out: for targets."""
+    key, chain = make_chain(["mail.example.org", "smtp.example.org"])
+    write_lineage(tmp_path / "le", "mail", 1, pem_of(key), chain)
+    (tmp_path / "out").mkdir(mode=0o755)
+    return tmp_path
+
+
+def conf(site: Path, body: str) -> Path:
+    path = site / "le" / "atomic-deploy.conf"
+    path.write_text(f"[defaults]\nowner = {ME}\ngroup = {MY_GROUP}\n\n{body}")
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], main: object, *argv: str
+        ) -> tuple[int, str, list[str]]:
+    code = main(list(argv))  # type: ignore[operator]
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+def test_a_deploy_publishes_once_and_reloads_once(site: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    log = site / "reloads.log"
+    conf(site, f"[mail]\nlineage = mail\npath = {site}/out/mail.pem\nformat = postfix\n"
+               f"mode = 0640\nreload = echo reloaded >> {log}\n")
+    code, out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+                         "deploy", "--all")
+    assert (code, err) == (0, []), err
+    published = site / "out" / "mail.pem"
+    data = published.read_bytes()
+    assert data.startswith(b"-----BEGIN PRIVATE KEY-----")  # key first, for Postfix
+    st = published.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, ME, MY_GROUP)
+    code, out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+                         "deploy", "--all")
+    assert code == 0 and "unchanged" in out
+    assert log.read_text() == "reloaded\n"  # the second run had nothing to reload
+
+
+def test_the_hook_deploys_the_lineage_certbot_names(site: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    conf(site, f"[mail]\nlineage = mail\npath = {site}/out/mail.pem\nformat = haproxy\n")
+    monkeypatch.setenv("RENEWED_LINEAGE", str(site / "le" / "live" / "mail"))
+    code, _out, err = run(capsys, deploy_cli.main)
+    assert (code, err) == (0, [])
+    assert (site / "out" / "mail.pem").read_bytes().rstrip().endswith(b"PRIVATE KEY-----")
+
+
+def test_no_command_outside_certbot_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RENEWED_LINEAGE", raising=False)
+    code, _out, err = run(capsys, deploy_cli.main)
+    assert code == 2
+    assert err == ["certbot-atomic-deploy: no command given and $RENEWED_LINEAGE is not set "
+                   "(run 'deploy --all', or use this as certbot's --deploy-hook)"]
+
+
+@pytest.mark.parametrize("section,message", [
+    ("[t]\nlineage = mail\npath = {out}/a.pem\nformat = postfix\ncolour = blue\n",
+     "[t] colour: unknown key"),
+    ("[t]\nlineage = mail\npath = {out}/a.pem\nformat = postfix\nmode = 0644\n",
+     "[t] mode:"),
+    ("[t]\nlineage = mail\npath = {out}/a.pem\nformat = postfix\nowner = a, b\n",
+     "[t] owner:"),
+    ("[t]\npath = {out}/a.pem\nformat = postfix\n", "[t]: say which lineage it takes"),
+    ("[t]\nlineage = mail\npath = {out}/a.pem\ndirectory = {out}/d\n",
+     "[t]: give exactly one of path = FILE or"),
+    ("[t]\nlineage = mail\npath = {out}/a.pem\n", "[t] format: missing"),
+    ("[t]\nlineage = mail\npath = out/a.pem\nformat = postfix\n", "[t] path:"),
+    ("[t]\nlineage = mail\npath = {out}/a.pem\nformat = pdf\n", "[t] format:"),
+    ("[t]\npreset = nosuch\nlineage = mail\npath = {out}/a.pem\n", "[t] preset:"),
+    ("[t]\npreset = samba\nlineage = mail\npath = {out}/a.pem\nmode = 0400\n",
+     "[t] mode: 0400: samba refuses any key mode but 0600"),
+])
+def test_a_config_error_is_exit_2_one_line_and_nothing_written(
+        site: Path, capsys: pytest.CaptureFixture[str], section: str, message: str) -> None:
+    path = conf(site, section.format(out=site / "out"))
+    before = snapshot(site)
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+                          "deploy", "--all")
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"certbot-atomic-deploy: {path}: "), err
+    assert message in err[0]
+    assert snapshot(site) == before
+
+
+def test_material_that_fails_validation_is_exit_1_and_nothing_published(
+        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other, _ = make_chain(["mail.example.org"])
+    (site / "le" / "archive" / "mail" / "privkey1.pem").write_bytes(pem_of(other))
+    conf(site, f"[mail]\nlineage = mail\npath = {site}/out/mail.pem\nformat = postfix\n")
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+                          "deploy", "--all")
+    assert code == 1
+    assert len(err) == 1 and "the key does not match the certificate" in err[0]
+    assert list((site / "out").iterdir()) == []
+
+
+def test_check_config_refuses_a_password_java_cannot_use(
+        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    password = site / "le" / "tomcat.pass"
+    password.write_bytes("pässword\n".encode())
+    password.chmod(0o600)
+    conf(site, f"[java]\nlineage = mail\npath = {site}/out/k.p12\nformat = pkcs12\n"
+               f"password_file = {password}\n")
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+                          "check-config")
+    assert code == 2 and len(err) == 1
+    assert "other than printable ASCII, which Java cannot open" in err[0]
+
+
+def test_every_preset_names_a_valid_key_mode_and_its_reason(tmp_path: Path) -> None:
+    for name, preset in PRESETS.items():
+        assert len(preset.why) > 20, name
+        parse_mode(str(preset.values["mode"]), name)
+        path = tmp_path / f"{name}.conf"
+        password = f"password_file = {tmp_path}/p\n" if name == "tomcat" else ""
+        # owner and group given, so presets whose group this machine lacks still load
+        owner = "" if name in ("samba", "opensmtpd", "sendmail") else f"owner = {ME}\n"
+        path.write_text(f"[t]\npreset = {name}\nlineage = mail\npath = {tmp_path}/k\n"
+                        f"{owner}group = {MY_GROUP}\n{password}")
+        target = load(str(path)).targets[0]
+        assert (target.preset, target.gid) == (name, MY_GROUP)
+
+
+def test_an_unexpected_error_is_one_line_naming_where() -> None:
+    def parse_the_thing() -> None:
+        {}["missing"]
+
+    try:
+        parse_the_thing()
+    except KeyError as exc:
+        line = describe_unexpected(exc)
+    assert line.startswith("unexpected KeyError: 'missing' in parse_the_thing "
+                           "(test_unit_cli.py:")
+    assert "--debug" in line and "\n" not in line
+
+
+# -- certbot-perms
+
+def test_perms_refuses_a_mode_that_opens_the_key(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, perms_cli.main, "apply", "--key-mode", "0644", "mail")
+    assert code == 2
+    assert err == ["certbot-perms: --key-mode: 0644 gives other users access to the private key "
+                   "(use 0640 and a group the daemon is in, or 0600)"]
+
+
+def test_perms_apply_outside_certbot_needs_a_lineage(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RENEWED_LINEAGE", raising=False)
+    code, _out, err = run(capsys, perms_cli.main, "apply", "--key-mode", "0600")
+    assert code == 2 and "$RENEWED_LINEAGE is not set" in err[0]
+
+
+def test_perms_check_finds_a_readable_key_and_fix_closes_it(
+        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = site / "le" / "archive" / "mail" / "privkey1.pem"
+    key.chmod(0o644)  # as certbot before 0.29 wrote keys
+    code, out, _err = run(capsys, perms_cli.main, "check", "--json", "--config-dir",
+                          str(site / "le"))
+    assert code == 1
+    found = json.loads(out)["findings"]
+    assert any(f["path"] == str(key) and "other users" in f["problem"] for f in found), found
+    code, _out, _err = run(capsys, perms_cli.main, "check", "--fix", "--config-dir",
+                           str(site / "le"))
+    assert stat.S_IMODE(key.stat().st_mode) & 0o077 == 0
+    code, out, _err = run(capsys, perms_cli.main, "check", "--json", "--config-dir",
+                          str(site / "le"))
+    assert not [f for f in json.loads(out)["findings"] if f["path"] == str(key)]
+
+
+def test_perms_apply_gives_every_key_of_the_lineage_the_spec(
+        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key2, chain2 = make_chain(["mail.example.org"])
+    write_lineage(site / "le", "mail", 2, pem_of(key2), chain2)
+    code, out, err = run(capsys, perms_cli.main, "apply", "--key-owner", str(ME),
+                         "--key-group", str(MY_GROUP), "--key-mode", "0640",
+                         "--config-dir", str(site / "le"), "mail")
+    assert code == 0, err
+    for version in (1, 2):
+        st = (site / "le" / "archive" / "mail" / f"privkey{version}.pem").stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, ME, MY_GROUP)
+    assert "keys are" in out
