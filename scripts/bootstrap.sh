@@ -12,19 +12,20 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=()
-python_ok() {
-    command -v python3 >/dev/null 2>&1 &&
-    python3 -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
-}
-python_ok || missing+=(python3 python3-venv)
-python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null ||
-    command -v python3.11 >/dev/null 2>&1 || missing+=(python3.11 python3.11-venv)
+# Debian's own Python: the .venv, the Debian 12 row and the unit tier all run on it.
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null ||
+    missing+=(python3 python3-venv)
 [ -x /usr/bin/pebble ] || command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v groupadd >/dev/null 2>&1 || missing+=(passwd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v getfacl >/dev/null 2>&1 || missing+=(acl)
+# The Debian 12 row: Debian's certbot and its libraries, Debian's pytest, and the
+# tools a Debian package build uses (setuptools, wheel, build), never PyPI's.
+[ -x /usr/bin/certbot ] || missing+=(certbot)
+dpkg -s python3-pytest python3-build python3-setuptools python3-wheel >/dev/null 2>&1 ||
+    missing+=(python3-pytest python3-build python3-setuptools python3-wheel)
 # The daemons the end-to-end tests run (each test starts its own private instance).
 daemons=()
 [ -x /usr/sbin/postfix ] || daemons+=(postfix)
@@ -58,12 +59,13 @@ export PATH="$PATH:/usr/sbin:/sbin:/usr/bin"
 # which the hook benchmarks would measure). It links files, so the stamp holds
 # the list of modules and a new module reinstalls.
 stamp="$venv/.installed"
-modules="$(cd "$top" && find certbot_perms certbot_atomic_deploy -name '*.py' | sort)"
+modules="$(cd "$top" && find certbot_perms certbot_atomic_deploy -name '*.py' | sort)
+base /usr/bin/python3"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] ||
    [ "$top/setup.cfg" -nt "$stamp" ] || [ "$top/tox.ini" -nt "$stamp" ] ||
    [ "$modules" != "$(cat "$stamp")" ]; then
     echo "setting up $venv"
-    python3 -m venv "$venv"
+    /usr/bin/python3 -m venv --clear "$venv"
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q -e "$top[test,lint]" tox types-pyOpenSSL \
         --config-settings editable_mode=strict
