@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import NOBODY, make_chain, pem_of, write_lineage
+from helpers import NOBODY, make_site
 
 from testbed import Certbot, Pebble
 
@@ -78,11 +78,9 @@ def open_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def site(open_tmp: Path) -> Path:
-    """A hand-made certbot config dir SITE/le with lineage 'mail' (v1), and SITE/out."""
-    key, chain = make_chain(["mail.example.org", "smtp.example.org"])
-    write_lineage(open_tmp / "le", "mail", 1, pem_of(key), chain)
-    (open_tmp / "out").mkdir(mode=0o755)
-    return open_tmp
+    """A hand-made certbot config dir SITE/le with lineage 'mail' (v1), and SITE/out, in a
+    temp dir other uids can traverse."""
+    return make_site(open_tmp)
 
 
 @pytest.fixture

@@ -189,3 +189,18 @@ def new_version(site: Path, version: int = 2) -> None:
     """Give lineage 'mail' a fresh key and certificate as version N."""
     key, chain = make_chain(["mail.example.org"])
     write_lineage(site / "le", "mail", version, pem_of(key), chain)
+
+
+def make_site(root: Path) -> Path:
+    """ROOT/le: a hand-made certbot config dir with lineage 'mail' (v1); ROOT/out for targets."""
+    key, chain = make_chain(["mail.example.org", "smtp.example.org"])
+    write_lineage(root / "le", "mail", 1, pem_of(key), chain)
+    (root / "out").mkdir(mode=0o755)
+    return root
+
+
+def write_password(path: Path, password: str) -> Path:
+    """A keystore password file as the README says to make one: first line, mode 0600."""
+    path.write_bytes(password.encode() + b"\n")
+    path.chmod(0o600)
+    return path

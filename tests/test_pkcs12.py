@@ -26,6 +26,7 @@ from helpers import (
     one_line,
     snapshot,
     write_conf,
+    write_password,
 )
 
 from testbed import Certbot
@@ -34,9 +35,7 @@ PASSWORD = "correct horse battery staple"
 
 
 def keystore_conf(site: Path, extra: str = "", password: str = PASSWORD) -> Path:
-    pw = site / "keystore.pass"
-    pw.write_text(password + "\n")
-    pw.chmod(0o600)
+    pw = write_password(site / "keystore.pass", password)
     return write_conf(site / "le", f"""\
 [java]
 lineage = mail
@@ -202,9 +201,7 @@ def test_keystore_follows_certbot_renewals_through_the_hook(certbot: Certbot,
     out = open_tmp / "out"
     out.mkdir(mode=0o755)
     certbot.config_dir.mkdir(parents=True)
-    pw = open_tmp / "keystore.pass"
-    pw.write_text(PASSWORD + "\n")
-    pw.chmod(0o600)
+    pw = write_password(open_tmp / "keystore.pass", PASSWORD)
     write_conf(certbot.config_dir, f"""\
 [java]
 lineage = java

@@ -19,7 +19,7 @@ import cryptography
 from conftest import report
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
-from helpers import DEPLOY, lineage_bytes, mode_of, write_conf
+from helpers import DEPLOY, lineage_bytes, mode_of, write_conf, write_password
 
 from testbed import Certbot, certbot_executable
 
@@ -38,9 +38,7 @@ def test_this_rows_certbot_with_the_suite_as_its_users_run_it(
 
     out = open_tmp / "out"
     out.mkdir(mode=0o755)
-    password = open_tmp / "tomcat.pass"
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
+    password = write_password(open_tmp / "tomcat.pass", PASSWORD)
     certbot.config_dir.mkdir(parents=True, exist_ok=True)  # "plugins" made it
     write_conf(certbot.config_dir, f"""\
 [postfix]

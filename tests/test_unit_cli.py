@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import make_chain, pem_of, snapshot, write_lineage
+from helpers import make_chain, make_site, pem_of, snapshot, write_lineage, write_password
 
 from certbot_atomic_deploy import cli as deploy_cli
 from certbot_atomic_deploy.config import load
@@ -25,12 +25,9 @@ ME, MY_GROUP = os.geteuid(), os.getegid()
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
-    """SITE/le: a certbot-shaped config dir with lineage 'mail'; SITE/out: for targets."""
-    key, chain = make_chain(["mail.example.org", "smtp.example.org"])
-    write_lineage(tmp_path / "le", "mail", 1, pem_of(key), chain)
-    (tmp_path / "out").mkdir(mode=0o755)
-    return tmp_path
+def own_site(tmp_path: Path) -> Path:
+    """SITE/le with lineage 'mail' and SITE/out, in the user's own temp dir."""
+    return make_site(tmp_path)
 
 
 def conf(site: Path, body: str) -> Path:
@@ -46,32 +43,33 @@ def run(capsys: pytest.CaptureFixture[str], main: object, *argv: str
     return code, out, err.strip().splitlines()
 
 
-def test_a_deploy_publishes_once_and_reloads_once(site: Path,
+def test_a_deploy_publishes_once_and_reloads_once(own_site: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    log = site / "reloads.log"
-    conf(site, f"[mail]\nlineage = mail\npath = {site}/out/mail.pem\nformat = postfix\n"
+    log = own_site / "reloads.log"
+    conf(own_site, f"[mail]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = postfix\n"
                f"mode = 0640\nreload = echo reloaded >> {log}\n")
-    code, out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+    code, out, err = run(capsys, deploy_cli.main, "--config-dir", str(own_site / "le"),
                          "deploy", "--all")
     assert (code, err) == (0, []), err
-    published = site / "out" / "mail.pem"
+    published = own_site / "out" / "mail.pem"
     data = published.read_bytes()
     assert data.startswith(b"-----BEGIN PRIVATE KEY-----")  # key first, for Postfix
     st = published.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, ME, MY_GROUP)
-    code, out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+    code, out, err = run(capsys, deploy_cli.main, "--config-dir", str(own_site / "le"),
                          "deploy", "--all")
     assert code == 0 and "unchanged" in out
     assert log.read_text() == "reloaded\n"  # the second run had nothing to reload
 
 
-def test_the_hook_deploys_the_lineage_certbot_names(site: Path, capsys: pytest.CaptureFixture[str],
+def test_the_hook_deploys_the_lineage_certbot_names(own_site: Path,
+                                                    capsys: pytest.CaptureFixture[str],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    conf(site, f"[mail]\nlineage = mail\npath = {site}/out/mail.pem\nformat = haproxy\n")
-    monkeypatch.setenv("RENEWED_LINEAGE", str(site / "le" / "live" / "mail"))
+    conf(own_site, f"[mail]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = haproxy\n")
+    monkeypatch.setenv("RENEWED_LINEAGE", str(own_site / "le" / "live" / "mail"))
     code, _out, err = run(capsys, deploy_cli.main)
     assert (code, err) == (0, [])
-    assert (site / "out" / "mail.pem").read_bytes().rstrip().endswith(b"PRIVATE KEY-----")
+    assert (own_site / "out" / "mail.pem").read_bytes().rstrip().endswith(b"PRIVATE KEY-----")
 
 
 def test_no_command_outside_certbot_is_a_usage_error(capsys: pytest.CaptureFixture[str],
@@ -101,37 +99,35 @@ def test_no_command_outside_certbot_is_a_usage_error(capsys: pytest.CaptureFixtu
      "[t] mode: 0400: samba refuses any key mode but 0600"),
 ])
 def test_a_config_error_is_exit_2_one_line_and_nothing_written(
-        site: Path, capsys: pytest.CaptureFixture[str], section: str, message: str) -> None:
-    path = conf(site, section.format(out=site / "out"))
-    before = snapshot(site)
-    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+        own_site: Path, capsys: pytest.CaptureFixture[str], section: str, message: str) -> None:
+    path = conf(own_site, section.format(out=own_site / "out"))
+    before = snapshot(own_site)
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(own_site / "le"),
                           "deploy", "--all")
     assert code == 2
     assert len(err) == 1 and err[0].startswith(f"certbot-atomic-deploy: {path}: "), err
     assert message in err[0]
-    assert snapshot(site) == before
+    assert snapshot(own_site) == before
 
 
 def test_material_that_fails_validation_is_exit_1_and_nothing_published(
-        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other, _ = make_chain(["mail.example.org"])
-    (site / "le" / "archive" / "mail" / "privkey1.pem").write_bytes(pem_of(other))
-    conf(site, f"[mail]\nlineage = mail\npath = {site}/out/mail.pem\nformat = postfix\n")
-    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+    (own_site / "le" / "archive" / "mail" / "privkey1.pem").write_bytes(pem_of(other))
+    conf(own_site, f"[mail]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = postfix\n")
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(own_site / "le"),
                           "deploy", "--all")
     assert code == 1
     assert len(err) == 1 and "the key does not match the certificate" in err[0]
-    assert list((site / "out").iterdir()) == []
+    assert list((own_site / "out").iterdir()) == []
 
 
 def test_check_config_refuses_a_password_java_cannot_use(
-        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    password = site / "le" / "tomcat.pass"
-    password.write_bytes("pässword\n".encode())
-    password.chmod(0o600)
-    conf(site, f"[java]\nlineage = mail\npath = {site}/out/k.p12\nformat = pkcs12\n"
+        own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    password = write_password(own_site / "le" / "tomcat.pass", "pässword")
+    conf(own_site, f"[java]\nlineage = mail\npath = {own_site}/out/k.p12\nformat = pkcs12\n"
                f"password_file = {password}\n")
-    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(site / "le"),
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(own_site / "le"),
                           "check-config")
     assert code == 2 and len(err) == 1
     assert "other than printable ASCII, which Java cannot open" in err[0]
@@ -181,31 +177,31 @@ def test_perms_apply_outside_certbot_needs_a_lineage(capsys: pytest.CaptureFixtu
 
 
 def test_perms_check_finds_a_readable_key_and_fix_closes_it(
-        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    key = site / "le" / "archive" / "mail" / "privkey1.pem"
+        own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = own_site / "le" / "archive" / "mail" / "privkey1.pem"
     key.chmod(0o644)  # as certbot before 0.29 wrote keys
     code, out, _err = run(capsys, perms_cli.main, "check", "--json", "--config-dir",
-                          str(site / "le"))
+                          str(own_site / "le"))
     assert code == 1
     found = json.loads(out)["findings"]
     assert any(f["path"] == str(key) and "other users" in f["problem"] for f in found), found
     code, _out, _err = run(capsys, perms_cli.main, "check", "--fix", "--config-dir",
-                           str(site / "le"))
+                           str(own_site / "le"))
     assert stat.S_IMODE(key.stat().st_mode) & 0o077 == 0
     code, out, _err = run(capsys, perms_cli.main, "check", "--json", "--config-dir",
-                          str(site / "le"))
+                          str(own_site / "le"))
     assert not [f for f in json.loads(out)["findings"] if f["path"] == str(key)]
 
 
 def test_perms_apply_gives_every_key_of_the_lineage_the_spec(
-        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key2, chain2 = make_chain(["mail.example.org"])
-    write_lineage(site / "le", "mail", 2, pem_of(key2), chain2)
+    write_lineage(own_site / "le", "mail", 2, pem_of(key2), chain2)
     code, out, err = run(capsys, perms_cli.main, "apply", "--key-owner", str(ME),
                          "--key-group", str(MY_GROUP), "--key-mode", "0640",
-                         "--config-dir", str(site / "le"), "mail")
+                         "--config-dir", str(own_site / "le"), "mail")
     assert code == 0, err
     for version in (1, 2):
-        st = (site / "le" / "archive" / "mail" / f"privkey{version}.pem").stat()
+        st = (own_site / "le" / "archive" / "mail" / f"privkey{version}.pem").stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, ME, MY_GROUP)
     assert "keys are" in out
