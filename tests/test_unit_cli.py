@@ -190,7 +190,10 @@ def test_perms_check_finds_a_readable_key_and_fix_closes_it(
     assert stat.S_IMODE(key.stat().st_mode) & 0o077 == 0
     code, out, _err = run(capsys, perms_cli.main, "check", "--json", "--config-dir",
                           str(own_site / "le"))
-    assert not [f for f in json.loads(out)["findings"] if f["path"] == str(key)]
+    # (run as a plain user the key stays that user's, which check still reports: only
+    # root could give it to root)
+    assert not [f for f in json.loads(out)["findings"]
+                if f["path"] == str(key) and "other users" in f["problem"]]
 
 
 def test_perms_apply_gives_every_key_of_the_lineage_the_spec(
