@@ -46,7 +46,7 @@ _KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519Priv
 if TYPE_CHECKING:
     KeystoreKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey,
                         ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey]
-_SALT_BYTES = 16  # what OpenSSL 3 and cryptography use for PBKDF2 and the MAC
+_SALT_BYTES = 16  # OpenSSL 3's PBKDF2 and MAC salts (cryptography's writer salts its MAC with 8)
 
 
 def native_writer_available() -> bool:

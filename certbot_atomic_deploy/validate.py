@@ -20,6 +20,7 @@ import fnmatch
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import cryptography
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -138,7 +139,8 @@ def check_signature(child: x509.Certificate, parent: x509.Certificate) -> None:
     if child.signature_algorithm_oid.dotted_string == _RSA_PSS_OID:
         # The PSS salt length and MGF hash are in parameters that cryptography exposes
         # only from 41 on (signature_algorithm_parameters); no CA on the web signs with PSS.
-        raise ValueError("an RSASSA-PSS signature needs cryptography 40 or newer to check")
+        raise ValueError(f"cryptography {cryptography.__version__} cannot check an RSASSA-PSS "
+                         "signature (a release with Certificate.verify_directly_issued_by can)")
     key = parent.public_key()
     signature, data = child.signature, child.tbs_certificate_bytes
     if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):

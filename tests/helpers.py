@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from certbot_atomic_deploy.pem import Material, parse_blocks
+
 NOBODY = 65534
 
 
@@ -189,6 +191,15 @@ def new_version(site: Path, version: int = 2) -> None:
     """Give lineage 'mail' a fresh key and certificate as version N."""
     key, chain = make_chain(["mail.example.org"])
     write_lineage(site / "le", "mail", version, pem_of(key), chain)
+
+
+def material(key: Any, chain: list[x509.Certificate], lineage: str = "mail") -> Material:
+    """A lineage's material as pem.read_lineage returns it, made in memory (version 1)."""
+    pems = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+    return Material(lineage=lineage, version=1, key=parse_blocks(pem_of(key), "key")[0],
+                    chain=tuple(parse_blocks(pems, "fullchain")),
+                    sources={"privkey": "privkey1.pem", "cert": "cert1.pem",
+                             "fullchain": "fullchain1.pem"})
 
 
 def make_site(root: Path) -> Path:

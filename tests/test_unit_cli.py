@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,9 @@ def conf(site: Path, body: str) -> Path:
     return path
 
 
-def run(capsys: pytest.CaptureFixture[str], main: object, *argv: str
+def run(capsys: pytest.CaptureFixture[str], main: Callable[[list[str]], int], *argv: str
         ) -> tuple[int, str, list[str]]:
-    code = main(list(argv))  # type: ignore[operator]
+    code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err.strip().splitlines()
 
@@ -140,7 +141,7 @@ def test_every_preset_names_a_valid_key_mode_and_its_reason(tmp_path: Path) -> N
         path = tmp_path / f"{name}.conf"
         password = f"password_file = {tmp_path}/p\n" if name == "tomcat" else ""
         # owner and group given, so presets whose group this machine lacks still load
-        owner = "" if name in ("samba", "opensmtpd", "sendmail") else f"owner = {ME}\n"
+        owner = "" if preset.root_owned else f"owner = {ME}\n"
         path.write_text(f"[t]\npreset = {name}\nlineage = mail\npath = {tmp_path}/k\n"
                         f"{owner}group = {MY_GROUP}\n{password}")
         target = load(str(path)).targets[0]

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from helpers import make_chain, pem_of
-from test_unit_validate import material
+from helpers import make_chain, material, pem_of
 
 from certbot_atomic_deploy.atomicfile import (
     open_directory,

@@ -10,17 +10,16 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import cryptography
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from helpers import make_chain, new_key, pem_of, write_lineage
+from helpers import make_chain, material, new_key, pem_of, write_lineage
 
 from certbot_atomic_deploy.errors import ValidationError
-from certbot_atomic_deploy.pem import Material, parse_blocks, read_lineage
+from certbot_atomic_deploy.pem import parse_blocks, read_lineage
 from certbot_atomic_deploy.validate import (
     check_signature,
     covers,
@@ -40,14 +39,6 @@ def _native(child: x509.Certificate, parent: x509.Certificate) -> None:
 
 CHECKS: dict[str, Callable[[x509.Certificate, x509.Certificate], None]] = {
     "native": _native, "fallback": check_signature, "chosen": verify_issued_by}
-
-
-def material(key: Any, chain: list[x509.Certificate], lineage: str = "mail") -> Material:
-    pems = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
-    return Material(lineage=lineage, version=1, key=parse_blocks(pem_of(key), "key")[0],
-                    chain=tuple(parse_blocks(pems, "fullchain")),
-                    sources={"privkey": "privkey1.pem", "cert": "cert1.pem",
-                             "fullchain": "fullchain1.pem"})
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))
