@@ -225,13 +225,18 @@ def bench_syscalls(root: Path, runs: int) -> None:
         fsyncs - 2 <= 4 and renames - 1 <= 2)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from certbot_atomic_deploy.config import load
-    from certbot_atomic_deploy.publish import publish_file
+    from certbot_atomic_deploy.config import FileOutput
+    from certbot_atomic_deploy.publish import NewFile, publish_file
+    from daemon_keys.fs import Leftovers
     target = load(str(config / "atomic-deploy.conf")).targets[0]
+    assert isinstance(target.output, FileOutput)
     data = (out / "postfix.pem").read_bytes()
     ours, floor = [], []
     for i in range(runs * 5):
+        new = NewFile(data + (b"\n" if i % 2 else b""), target.key.uid, target.key.gid,
+                      target.mode_of(target.output.format))
         t0 = time.perf_counter()
-        publish_file(target, data + (b"\n" if i % 2 else b""))
+        publish_file(target.output.path, new, Leftovers())
         ours.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         _bare_replace(out / "floor.pem", data)

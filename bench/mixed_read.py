@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers import make_chain, pem_of
 
-from certbot_atomic_deploy.config import Target
 from certbot_atomic_deploy.pem import DIRECTORY_FILES
-from certbot_atomic_deploy.publish import publish_directory, publish_file
+from certbot_atomic_deploy.publish import NewFile, publish_directory, publish_file
+from daemon_keys.fs import Leftovers
 
 VERSIONS = 4  # distinct key/cert pairs the writers cycle through
 KEY_END = b"-----END PRIVATE KEY-----\n"
@@ -74,13 +74,8 @@ def make_pairs(n: int = VERSIONS) -> list[Pair]:
 KEEP = 5
 
 
-def _target(root: Path, kind: str) -> Target:
-    return Target(name=kind, lineages=("bench",), domains=(),
-                  path=str(root / "combined.pem") if kind == "file" else None,
-                  directory=str(root / "dir") if kind == "dir" else None,
-                  format="key+fullchain" if kind == "file" else None,
-                  uid=0, gid=0, owner_name="root", group_name="root", key_mode=0o600,
-                  reload=(), check=(), keep=KEEP)
+def _new(data: bytes, holds_key: bool) -> NewFile:
+    return NewFile(data, 0, 0, 0o600 if holds_key else 0o644)
 
 
 class Writer:
@@ -90,7 +85,7 @@ class Writer:
         if kind == "certbot":
             self._certbot_setup()
         else:
-            self.target = _target(root, kind)
+            self.leftovers = Leftovers()
             self.publish(0)
 
     def _certbot_setup(self) -> None:
@@ -126,12 +121,16 @@ class Writer:
                                                        self.config)
             self.lineage.update_all_links_to(self.version)
         elif self.kind == "file":
-            publish_file(self.target, p.key + p.fullchain)
+            publish_file(str(self.root / "combined.pem"), _new(p.key + p.fullchain, True),
+                         self.leftovers)
         else:
-            files = {"privkey.pem": p.key, "cert.pem": p.cert, "chain.pem": p.chain,
-                     "fullchain.pem": p.fullchain, "combined.pem": p.key + p.fullchain}
+            files = {"privkey.pem": _new(p.key, True), "cert.pem": _new(p.cert, False),
+                     "chain.pem": _new(p.chain, False),
+                     "fullchain.pem": _new(p.fullchain, False),
+                     "combined.pem": _new(p.key + p.fullchain, True)}
             assert set(files) == set(DIRECTORY_FILES)
-            publish_directory(self.target, files)
+            publish_directory(str(self.root / "dir"), files, owner_uid=0, keep=KEEP,
+                              leftovers=self.leftovers)
         self.count += 1
 
 

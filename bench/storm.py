@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemons import postfix
 from mixed_read import Pair, Writer, make_pairs
 
-from certbot_atomic_deploy.publish import publish_file
+from certbot_atomic_deploy.publish import NewFile, publish_file
 
 
 def renew_loop(root: str, pairs: list[Pair], ours: bool, stop: mp.Event,
@@ -49,7 +49,9 @@ def renew_loop(root: str, pairs: list[Pair], ours: bool, stop: mp.Event,
         certbot.publish(i)  # a renewal, the way certbot stores it
         if combined is not None:
             p = pairs[i % len(pairs)]
-            publish_file(combined.target, p.key + p.fullchain)  # our deploy hook's publish
+            # our deploy hook's publish
+            publish_file(str(Path(root) / "combined.pem"),
+                         NewFile(p.key + p.fullchain, 0, 0, 0o600), combined.leftovers)
         count.value += 1
         i += 1
 

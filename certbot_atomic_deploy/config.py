@@ -28,21 +28,23 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from configobj import ConfigObj, ConfigObjError, Section
 
-from certbot_atomic_deploy.errors import ConfigError
-from certbot_atomic_deploy.pem import FILE_FORMATS, FORMAT_ALIASES, KEYSTORE_FORMAT, holds_key
+from certbot_atomic_deploy.pem import (
+    DIRECTORY_FILES,
+    FILE_FORMATS,
+    FORMAT_ALIASES,
+    KEYSTORE_FORMAT,
+    holds_key,
+)
 from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
-from certbot_perms.errors import SpecError
-from certbot_perms.flags import READ_FILE
-from certbot_perms.spec import parse_mode, resolve_group, resolve_user
-
-T = TypeVar("T")
+from daemon_keys.errors import ConfigError, SpecError
+from daemon_keys.fs import read_regular
+from daemon_keys.keyspec import KeySpec, parse_spec
 
 DEFAULT_KEEP = 2
-KEY_FILE_MODE = 0o600
 PUBLIC_FILE_MODE = 0o644
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FORMAT_NAMES = (*FILE_FORMATS, *FORMAT_ALIASES)
@@ -102,32 +104,62 @@ _FORMATS = ", ".join(repr(f) for f in _FORMAT_NAMES)
 _TARGET_ONLY = ("path", "directory", "preset")
 
 
-class Target(NamedTuple):
-    name: str
-    lineages: tuple[str, ...]
-    domains: tuple[str, ...]
-    path: str | None
-    directory: str | None
-    format: str | None  # canonical (aliases resolved); None for a directory target
-    uid: int
-    gid: int
-    owner_name: str
-    group_name: str
-    key_mode: int
-    reload: tuple[str, ...]
-    check: tuple[str, ...]
-    keep: int
-    preset: str | None = None
+class FileOutput(NamedTuple):
+    """A file target: one file in one format."""
+
+    path: str
+    format: str  # canonical (aliases resolved)
     password_file: str | None = None  # format = pkcs12 only
 
     @property
     def destination(self) -> str:
-        return self.path or self.directory or ""
+        return self.path
+
+    def files(self) -> dict[str, str]:
+        """File name -> format."""
+        return {os.path.basename(self.path): self.format}
 
     def describe(self) -> str:
-        what = (f"file {self.path} ({self.format})" if self.path
-                else f"directory {self.directory} (current -> vN/)")
-        return what
+        return f"file {self.path} ({self.format})"
+
+
+class DirectoryOutput(NamedTuple):
+    """A versioned directory target: ``current -> vN/`` holding every format."""
+
+    directory: str
+
+    @property
+    def destination(self) -> str:
+        return self.directory
+
+    def files(self) -> dict[str, str]:
+        return dict(DIRECTORY_FILES)
+
+    def describe(self) -> str:
+        return f"directory {self.directory} (current -> vN/)"
+
+
+class Target(NamedTuple):
+    name: str
+    lineages: tuple[str, ...]
+    domains: tuple[str, ...]
+    output: FileOutput | DirectoryOutput
+    key: KeySpec  # owner, group and mode of the files that hold the key
+    reload: tuple[str, ...]
+    check: tuple[str, ...]
+    keep: int
+    preset: str | None = None
+
+    @property
+    def destination(self) -> str:
+        return self.output.destination
+
+    def describe(self) -> str:
+        return self.output.describe()
+
+    def mode_of(self, fmt: str) -> int:
+        """A published file's mode: the key's if it holds the key, else 0644."""
+        return self.key.mode if holds_key(fmt) else PUBLIC_FILE_MODE
 
 
 class Config(NamedTuple):
@@ -138,15 +170,6 @@ class Config(NamedTuple):
     def state_dir(self) -> str:
         base = self.path[:-5] if self.path.endswith(".conf") else self.path
         return base + ".state"
-
-
-def _spec_value(parse: Callable[[str, str], T], value: str, where: str) -> T:
-    # The same rules as certbot-perms (users, groups, a key mode that gives others
-    # nothing and the group at most read); certbot_perms.spec imports no certbot.
-    try:
-        return parse(value, where)
-    except SpecError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _absolute(value: str, where: str) -> str:
@@ -204,22 +227,20 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
                           "remove format")
     else:
         fmt = None  # a preset's format is for file targets; a directory holds them all
-    owner = get("owner")
-    group = get("group")
-    uid, owner_name = (_spec_value(resolve_user, str(owner), where("owner"))
-                       if owner else (0, "root"))
-    gid, group_name = (_spec_value(resolve_group, str(group), where("group"))
-                       if group else (0, "root"))
-    mode_value = get("mode")
-    if mode_value is not None:
-        key_mode = _spec_value(parse_mode, str(mode_value), where("mode"))
-    else:
-        key_mode = 0o640 if group else KEY_FILE_MODE
+    # The rules and defaults of every key spec (daemon_keys.keyspec): a config
+    # error here, exit 2, like certbot-perms' options.
+    try:
+        owner, group, mode = (None if get(k) is None else str(get(k))
+                              for k in ("owner", "group", "mode"))
+        key = parse_spec(owner, group, mode, all_defaults=True,
+                         names=(where("owner"), where("group"), where("mode")))
+    except SpecError as exc:
+        raise ConfigError(str(exc)) from None
     if preset_name is not None:
-        why = preset_mode_error(str(preset_name), key_mode)
+        why = preset_mode_error(str(preset_name), key.mode)
         if why is not None:
             raise ConfigError(f"{where('mode')}: {why}")
-        if PRESETS[str(preset_name)].root_owned and uid != 0:
+        if PRESETS[str(preset_name)].root_owned and key.uid != 0:
             raise ConfigError(f"{where('owner')}: {preset_name} refuses a key file not owned "
                               f"by root ({PRESETS[str(preset_name)].why})")
     password_file = get("password_file")
@@ -230,50 +251,42 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         raise ConfigError(f"{file}: [{name}] password_file: only a format = pkcs12 target "
                           "takes one")
     keep = get("keep")
+    output: FileOutput | DirectoryOutput
+    if path is not None:
+        output = FileOutput(
+            path=_absolute(str(path), where("path")), format=str(fmt),
+            password_file=(_absolute(str(password_file), where("password_file"))
+                           if fmt == KEYSTORE_FORMAT else None))
+    else:
+        output = DirectoryOutput(directory=_absolute(str(directory), where("directory")))
     return Target(
-        name=name, lineages=lineages, domains=domains,
-        path=_absolute(str(path), where("path")) if path is not None else None,
-        directory=(_absolute(str(directory), where("directory"))
-                   if directory is not None else None),
-        format=fmt, uid=uid, gid=gid, owner_name=owner_name, group_name=group_name,
-        key_mode=key_mode,
+        name=name, lineages=lineages, domains=domains, output=output, key=key,
         reload=get_list("reload"),
         check=get_list("check"),
         keep=DEFAULT_KEEP if keep is None else int(str(keep)),
-        preset=str(preset_name) if preset_name is not None else None,
-        password_file=(_absolute(str(password_file), where("password_file"))
-                       if fmt == KEYSTORE_FORMAT else None))
+        preset=str(preset_name) if preset_name is not None else None)
 
 
 MAX_PASSWORD_BYTES = 1024
 
 
-def read_password(target: Target) -> bytes:
+def read_password(target_name: str, password_file: str) -> bytes:
     """A pkcs12 target's keystore password: its file's first line, which must be non-empty.
 
     The file is a secret like the key: refused if it is a symlink, not a regular
     file, or readable or writable by others than its owner and group.
+    A bad password file is a config error (exit 2) wherever it is read.
     """
-    where = f"[{target.name}] password_file {target.password_file}"
-    try:
-        fd = os.open(target.password_file or "", READ_FILE)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot open: {exc.strerror} (a symlink is refused; "
-                          "create it with: install -m 600 /dev/null FILE, then write the "
-                          "password into it)") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{where}: not a regular file")
-        if st.st_mode & 0o027:
-            raise ConfigError(f"{where}: mode {stat.S_IMODE(st.st_mode):04o} lets others read "
-                              "or the group write the password (chmod 600 it)")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_PASSWORD_BYTES + 1)
-    finally:
-        os.close(fd)
+    where = f"[{target_name}] password_file {password_file}"
+    st, data = read_regular(password_file, limit=MAX_PASSWORD_BYTES, where=where,
+                            error=ConfigError,
+                            hint="create it with: install -m 600 /dev/null FILE, then write "
+                                 "the password into it")
+    if st.st_mode & 0o027:
+        raise ConfigError(f"{where}: mode {stat.S_IMODE(st.st_mode):04o} lets others read "
+                          "or the group write the password (chmod 600 it)")
     password = data.split(b"\n", 1)[0].rstrip(b"\r")
-    if not password or len(data) > MAX_PASSWORD_BYTES:
+    if not password:
         raise ConfigError(f"{where}: put the password on the first line (1 to "
                           f"{MAX_PASSWORD_BYTES} bytes)")
     if not all(0x20 <= b < 0x7F for b in password):
@@ -282,11 +295,6 @@ def read_password(target: Target) -> bytes:
                           "ASCII, which Java cannot open a PBES2 keystore with (use "
                           "letters, digits and punctuation, e.g. openssl rand -base64 24)")
     return password
-
-
-def file_mode(target: Target, fmt: str) -> int:
-    """The mode of a published file: the target's key mode if it holds the key, else 0644."""
-    return target.key_mode if holds_key(fmt) else PUBLIC_FILE_MODE
 
 
 def _checked(path: str, name: str, section: Section) -> dict[str, object]:

@@ -1,125 +1,74 @@
-"""A deploy run: select, compare, validate, publish, check, roll back, reload.
+"""A deploy run, and the ``status`` and ``rollback`` commands that read its records.
 
-Imports no certbot; cryptography only through :mod:`.validate`, and only when
-some target's bytes differ from what is on disk.
+Imports no certbot; cryptography only through :mod:`.validate` (and
+:mod:`.pkcs12`), and only when some target's bytes differ from what is on disk.
 
-One run, under the state lock:
-1. for each target, pick its lineage (``lineage =`` names, or ``domains =``
-   globs all covered by the certificate's names); exactly one must match;
-2. read the lineage (one consistent archive version) and build the target's
-   bytes as text; if the destination already holds them with the right owner
-   and mode, the target is unchanged: nothing is written or reloaded;
-3. validate the material (key matches leaf, chain links, leaf valid now,
-   domains covered); a lineage that fails is published to no target;
-4. publish (atomic rename, or a new version directory and one link switch);
-5. run the target's ``check`` commands; if one fails, put the target back as
-   it was and leave its ``reload`` out;
-6. run every distinct ``reload`` command of the targets that changed, once.
-A failing target never stops the others; the run reports every failure.
+Contract of :meth:`Deployer.deploy`, one run under the state lock (steps
+marked ``# (N)`` in the body):
+
+1. select: for each target, its lineage (``lineage =`` names, or the one
+   lineage whose certificate covers every ``domains =`` glob); exactly one;
+2. compare: read the lineage (one consistent archive version, once per run)
+   and make the target's payload; a destination that already holds it is
+   unchanged: nothing is written or reloaded;
+3. validate: key matches leaf, chain links, leaf valid now, domains covered,
+   once per lineage; a lineage that fails is published to no target;
+4. publish: stage and rename (owner and mode before the first key byte), or a
+   new version directory and one link switch;
+5. check: run the target's ``check`` commands;
+6. roll back: a target whose check fails is put back as it was, its reload left out;
+7. record: what each target now holds, in one atomic write of the state file;
+8. reload: every distinct ``reload`` command of the targets that changed, once.
+
+A failing target never stops the others; the run reports every failure, and
+exits with the highest exit code among them (:mod:`daemon_keys.errors`).
+The cost of a run is linear in its targets: each lineage is read and
+validated once, each destination directory listed at most once, the state
+read once and written once.
 """
 from __future__ import annotations
 
 import datetime
-import os
-import shlex
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-from certbot_atomic_deploy.config import Config, Target, read_password
-from certbot_atomic_deploy.errors import DeployError, ValidationError
-from certbot_atomic_deploy.pem import (
-    KEYSTORE_FORMAT,
-    Material,
-    build,
-    keystore_fingerprint,
-    read_lineage,
-)
+from certbot_atomic_deploy.commands import CommandRun, environment, expand, run_command
+from certbot_atomic_deploy.config import Config, FileOutput, Target
+from certbot_atomic_deploy.payload import Payload, payload_for
+from certbot_atomic_deploy.pem import Material, list_lineages, read_lineage
 from certbot_atomic_deploy.publish import (
+    NewFile,
     Undo,
-    in_place,
-    keystore_in_place,
     publish_directory,
     publish_file,
     rollback_directory,
-    target_files,
 )
+from certbot_atomic_deploy.report import Outcome, RunResult
 from certbot_atomic_deploy.state import Record, StateDir, TargetState
+from daemon_keys.errors import (
+    KeysError,
+    UsageError,
+    ValidationError,
+    describe_os_error,
+    exit_code,
+)
+from daemon_keys.fs import Leftovers
 
 if TYPE_CHECKING:
     from certbot_atomic_deploy.validate import CertInfo
 
-COMMAND_TIMEOUT = 300.0
 T = TypeVar("T")
 
 
-class Outcome:
-    """What a run did to one target. Mutable: a failed check turns it into rolled-back."""
+class Published(NamedTuple):
+    """A target this run has written, on its way to check, record and reload."""
 
-    def __init__(self, target: str, lineage: str | None, status: str, detail: str,
-                 version: int | None = None, serial: str | None = None) -> None:
-        self.target = target
-        self.lineage = lineage
-        self.status = status  # published | unchanged | planned | failed | rolled-back
-        self.detail = detail
-        self.version = version
-        self.serial = serial
-
-    @property
-    def failed(self) -> bool:
-        return self.status in ("failed", "rolled-back")
-
-
-class CommandRun:
-    def __init__(self, command: str, ok: bool, detail: str, kind: str = "reload") -> None:
-        self.command = command
-        self.ok = ok
-        self.detail = detail
-        self.kind = kind  # reload | check
-
-
-class RunResult:
-    def __init__(self, outcomes: list[Outcome] | None = None,
-                 commands: list[CommandRun] | None = None) -> None:
-        self.outcomes = outcomes or []
-        self.commands = commands or []
-        self.errors: list[str] = []  # failures that belong to no single target
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors and not any(o.failed for o in self.outcomes) and all(
-            c.ok for c in self.commands if c.kind == "reload")
-
-
-def list_lineages(config_dir: str) -> list[str]:
-    live = os.path.join(config_dir, "live")
-    try:
-        entries = os.listdir(live)
-    except FileNotFoundError:
-        return []
-    return sorted(e for e in entries
-                  if not e.startswith(".") and os.path.isdir(os.path.join(live, e)))
-
-
-def expand(template: str, target: Target, lineage: str, names: Iterable[str]) -> str:
-    """Substitute {lineage}, {domains} and {path}, each shell-quoted."""
-    return (template.replace("{lineage}", shlex.quote(lineage))
-            .replace("{domains}", shlex.quote(" ".join(names)))
-            .replace("{path}", shlex.quote(target.destination)))
-
-
-def run_command(command: str, env: dict[str, str]) -> CommandRun:
-    import subprocess  # only runs that changed something get here: keep it off start-up
-
-    try:
-        proc = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True,
-                              text=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return CommandRun(command, False, f"timed out after {COMMAND_TIMEOUT:g} s")
-    if proc.returncode == 0:
-        return CommandRun(command, True, "ok")
-    last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-    return CommandRun(command, False,
-                      f"exit {proc.returncode}" + (f": {last[-1]}" if last else ""))
+    target: Target
+    lineage: str
+    outcome: Outcome
+    undo: Undo
+    record: Record
+    data: bytes | None  # a file target's bytes, kept in the state for rollback
 
 
 class Deployer:
@@ -129,33 +78,40 @@ class Deployer:
         self.config_dir = config_dir
         self.state = StateDir(config.state_dir)
         self.now = now
+        self.leftovers = Leftovers()
+        self._lineages: list[str] | None = None
         self._material: dict[str, Material | ValidationError] = {}
         self._checked: dict[str, CertInfo | ValidationError] = {}
-        self._names: dict[str, tuple[str, ...]] = {}
+        self._names: dict[str, tuple[str, ...] | ValidationError] = {}
 
-    # -- reading
+    # -- reading, each once per run
+
+    def lineages(self) -> list[str]:
+        if self._lineages is None:
+            self._lineages = list_lineages(self.config_dir)
+        return self._lineages
 
     def material(self, lineage: str) -> Material:
-        """The lineage's consistent version, read once per run."""
+        """The lineage's consistent version."""
         return _once(self._material, lineage, lambda: read_lineage(self.config_dir, lineage))
 
     def checked(self, lineage: str) -> CertInfo:
-        """The lineage's material validated, once per run however many targets take it."""
+        """The lineage's material validated, however many targets take it."""
         def check() -> CertInfo:
             from certbot_atomic_deploy.validate import validate
             return validate(self.material(lineage), self.now)
         return _once(self._checked, lineage, check)
 
     def names(self, lineage: str) -> tuple[str, ...]:
-        if lineage not in self._names:
+        def names() -> tuple[str, ...]:
             from certbot_atomic_deploy.validate import leaf_info
             material = self.material(lineage)
-            self._names[lineage] = leaf_info(material.leaf.text, material.sources["cert"]).names
-        return self._names[lineage]
+            return leaf_info(material.leaf.text, material.sources["cert"]).names
+        return _once(self._names, lineage, names)
 
     def select(self, target: Target, wanted: set[str] | None) -> list[str]:
         """The lineages this target takes in this run (step 1)."""
-        candidates = list(target.lineages) or list_lineages(self.config_dir)
+        candidates = list(target.lineages) or self.lineages()
         if wanted is not None:
             candidates = [c for c in candidates if c in wanted]
         if target.domains and not target.lineages:
@@ -171,149 +127,118 @@ class Deployer:
             candidates = chosen
         return candidates
 
-    def files(self, target: Target, material: Material) -> dict[str, bytes]:
-        return {name: build(fmt, material) for name, fmt in target_files(target).items()}
-
     # -- a run
 
     def deploy(self, wanted: set[str] | None, dry_run: bool = False) -> RunResult:
         result = RunResult()
-        changed: list[tuple[Target, str, Undo | None, Record, bytes | None]] = []
+        published: list[Published] = []
         for target in self.config.targets:
-            try:
-                chosen = self.select(target, wanted)
-            except ValidationError as exc:
-                result.outcomes.append(Outcome(target.name, None, "failed", str(exc)))
-                continue
-            if not chosen:
-                # Only a domains target can choose nothing (a named lineage that does
-                # not exist fails when it is read). In the hook, another lineage was
-                # renewed: nothing to say. With --all, say that nothing covers it.
-                if wanted is None:
-                    result.outcomes.append(Outcome(
-                        target.name, None, "failed",
-                        f"{self.config.path}: [{target.name}] no lineage in "
-                        f"{self.config_dir}/live covers {', '.join(target.domains)} (see "
-                        "'certbot certificates')"))
-                continue
-            if len(chosen) > 1:
-                result.outcomes.append(Outcome(
-                    target.name, None, "failed",
-                    f"{self.config.path}: [{target.name}] matches lineages "
-                    f"{', '.join(chosen)}; one target takes one lineage (narrow lineage or "
-                    "domains)"))
-                continue
-            entry = self._deploy_one(target, chosen[0], dry_run, result)
-            if entry is not None:
-                changed.append(entry)
+            lineage = self._select_one(target, wanted, result)  # (1)
+            if lineage is not None:
+                done = self._deploy_one(target, lineage, dry_run, result)  # (2)-(4)
+                if done is not None:
+                    published.append(done)
         if dry_run:
             return result
-        reloads: list[tuple[str, dict[str, str]]] = []
-        for target, lineage, undo, record, data in changed:
-            env = self._env(target, lineage, record.names)
-            failed = self._run_checks(target, lineage, record, env, result)
+        reloads: dict[str, dict[str, str]] = {}
+        for p in published:
+            env = self._env(p.target, p.lineage, p.record.names)
+            failed = self._run_checks(p, env, result)  # (5)
             if failed is not None:
-                self._undo(target, lineage, undo, failed, result)
+                self._undo(p, failed)  # (6)
                 continue
-            self._save(target, record, data)
-            for template in target.reload:
-                command = expand(template, target, lineage, record.names)
-                if command not in [c for c, _ in reloads]:
-                    reloads.append((command, env))
-        self._flush(result)
-        for command, env in reloads:
-            result.commands.append(run_command(command, env))
+            self._save(p.target, p.record, p.data)
+            for template in p.target.reload:
+                reloads.setdefault(expand(template, p.target.destination, p.lineage,
+                                          p.record.names), env)
+        self._flush(result)  # (7)
+        for command, env in reloads.items():
+            result.commands.append(run_command(command, env))  # (8)
         return result
 
-    def _flush(self, result: RunResult) -> None:
+    def _select_one(self, target: Target, wanted: set[str] | None,
+                    result: RunResult) -> str | None:
+        """Step (1) for one target: its lineage, or None (a failure is in ``result``)."""
         try:
-            self.state.flush()
-        except (DeployError, OSError) as exc:
-            # Every target is wholly what it is; only status/rollback lack the record.
-            result.errors.append(f"{self.state.file}: the targets are published, but "
-                                 f"recording them failed: {_why(exc)}")
+            chosen = self.select(target, wanted)
+        except ValidationError as exc:
+            result.outcomes.append(Outcome(target.name, None, "failed", str(exc)))
+            return None
+        if not chosen:
+            # Only a domains target can choose nothing (a named lineage that does
+            # not exist fails when it is read). In the hook, another lineage was
+            # renewed: nothing to say. With --all, say that nothing covers it.
+            if wanted is None:
+                result.outcomes.append(Outcome(
+                    target.name, None, "failed",
+                    f"{self.config.path}: [{target.name}] no lineage in "
+                    f"{self.config_dir}/live covers {', '.join(target.domains)} (see "
+                    "'certbot certificates')"))
+            return None
+        if len(chosen) > 1:
+            result.outcomes.append(Outcome(
+                target.name, None, "failed",
+                f"{self.config.path}: [{target.name}] matches lineages "
+                f"{', '.join(chosen)}; one target takes one lineage (narrow lineage or "
+                "domains)"))
+            return None
+        return chosen[0]
 
-    def _save(self, target: Target, record: Record, data: bytes | None) -> None:
-        state = self.state.load(target.name)
-        if state.current is not None and state.current.seq != record.seq:
-            state.history.append(state.current)
-        state.current = record
-        self.state.save(target.name, state, data, keep=target.keep)
-
-    def _content(self, target: Target, material: Material
-                 ) -> tuple[bool, dict[str, bytes] | None, bytes, str | None]:
-        """Whether the target is current; its text files (None for a keystore), the
-        keystore password and fingerprint (b"" and None for text)."""
-        if target.format != KEYSTORE_FORMAT:
-            files = self.files(target, material)
-            return in_place(target, files), files, b"", None
-        password = read_password(target)
-        source = keystore_fingerprint(material, password)
-        current = self.state.load(target.name).current
-        return (current is not None and current.source == source
-                and keystore_in_place(target, current.digest)), None, password, source
-
-    def _deploy_one(self, target: Target, lineage: str, dry_run: bool, result: RunResult
-                    ) -> tuple[Target, str, Undo | None, Record, bytes | None] | None:
+    def _deploy_one(self, target: Target, lineage: str, dry_run: bool,
+                    result: RunResult) -> Published | None:
+        """Steps (2) to (4) for one target."""
         try:
             material = self.material(lineage)
-            current, files, password, source = self._content(target, material)
-            if current:
-                if files is not None:
-                    self._record_if_stale(target, lineage, material, files, dry_run)
+            payload = payload_for(target, material)
+            state = self.state.load(target.name)
+            if payload.in_place(state.current):  # (2)
+                if not dry_run:
+                    self._record_if_stale(target, lineage, material, payload)
                 result.outcomes.append(Outcome(target.name, lineage, "unchanged",
                                                f"{target.destination}: already current",
                                                material.version))
                 return None
             from certbot_atomic_deploy.validate import require_covered
-            info = self.checked(lineage)
+            info = self.checked(lineage)  # (3)
             require_covered(info, target.domains, material.sources["cert"])
             if dry_run:
                 result.outcomes.append(Outcome(
                     target.name, lineage, "planned",
                     f"would publish {lineage} v{material.version} (serial {info.serial}) to "
-                    f"{target.describe()} as {target.owner_name}:{target.group_name} "
-                    f"{target.key_mode:04o}", material.version, info.serial))
+                    f"{target.describe()} as {target.key.describe()}", material.version,
+                    info.serial))
                 return None
-            state = self.state.load(target.name)
-            record = self._record(state, lineage, material, info)
-            data: bytes | None = None  # a file target's bytes, kept for rollback
-            undo: Undo | None
-            if files is None:
-                import hashlib
-
-                from certbot_atomic_deploy.pkcs12 import keystore
-                keystore_bytes = keystore(material, password)
-                record = record._replace(source=source,
-                                         digest=hashlib.sha256(keystore_bytes).hexdigest())
-                data = keystore_bytes
-                undo = publish_file(target, keystore_bytes)
-            elif target.path is not None:
-                data = next(iter(files.values()))
-                undo = publish_file(target, data)
-            else:
-                undo = publish_directory(target, files)
-        except (DeployError, OSError) as exc:
+            files = payload.build()
+            record = payload.stamp(self._record(state, lineage, material, info))
+            undo = self._publish(target, files)  # (4)
+        except (KeysError, OSError) as exc:
             result.outcomes.append(Outcome(target.name, lineage, "failed",
-                                           _why(exc, target.destination)))
+                                           _why(exc, target.destination), exit_code=exit_code(exc)))
             return None
-        result.outcomes.append(Outcome(
+        outcome = Outcome(
             target.name, lineage, "published",
             f"{target.destination}: {lineage} v{material.version} (serial {info.serial}, "
-            f"expires {info.not_after:%Y-%m-%d})", material.version, info.serial))
-        return target, lineage, undo, record, data
+            f"expires {info.not_after:%Y-%m-%d})", material.version, info.serial)
+        result.outcomes.append(outcome)
+        return Published(target, lineage, outcome, undo, record, _file_bytes(target, files))
+
+    def _publish(self, target: Target, files: dict[str, NewFile]) -> Undo:
+        output = target.output
+        if isinstance(output, FileOutput):
+            return publish_file(output.path, next(iter(files.values())), self.leftovers)
+        return publish_directory(output.directory, files, owner_uid=target.key.uid,
+                                 keep=target.keep, leftovers=self.leftovers)
 
     def _record_if_stale(self, target: Target, lineage: str, material: Material,
-                         files: dict[str, bytes], dry_run: bool) -> None:
+                         payload: Payload) -> None:
         """Content in place but not recorded (a run died after its rename): record it."""
         state = self.state.load(target.name)
         current = state.current
-        if dry_run or (current is not None and (current.lineage, current.version) == (
-                lineage, material.version)):
+        if current is not None and (current.lineage, current.version) == (
+                lineage, material.version):
             return
-        record = self._record(state, lineage, material, self.checked(lineage))
-        data = next(iter(files.values())) if target.path is not None else None
-        self._save(target, record, data)
+        record = payload.stamp(self._record(state, lineage, material, self.checked(lineage)))
+        self._save(target, record, _file_bytes(target, payload.build()))
 
     def _record(self, state: TargetState, lineage: str, material: Material,
                 info: CertInfo) -> Record:
@@ -324,53 +249,65 @@ class Deployer:
                       published_at=datetime.datetime.now(datetime.timezone.utc).isoformat(
                           timespec="seconds"))
 
-    def _env(self, target: Target, lineage: str, names: Iterable[str]) -> dict[str, str]:
-        return dict(os.environ, CERTBOT_DEPLOY_TARGET=target.name,
-                    CERTBOT_DEPLOY_PATH=target.destination,
-                    RENEWED_LINEAGE=os.path.join(self.config_dir, "live", lineage),
-                    RENEWED_DOMAINS=" ".join(names))
+    def _save(self, target: Target, record: Record, data: bytes | None) -> None:
+        state = self.state.load(target.name)
+        if state.current is not None and state.current.seq != record.seq:
+            state.history.append(state.current)
+        state.current = record
+        self.state.save(target.name, state, data, keep=target.keep)
 
-    def _run_checks(self, target: Target, lineage: str, record: Record, env: dict[str, str],
+    def _flush(self, result: RunResult) -> None:
+        try:
+            self.state.flush()
+        except (KeysError, OSError) as exc:
+            # Every target is wholly what it is; only status/rollback lack the record.
+            result.errors.append(f"{self.state.file}: the targets are published, but "
+                                 f"recording them failed: {_why(exc)}")
+
+    def _env(self, target: Target, lineage: str, names: list[str]) -> dict[str, str]:
+        return environment(self.config_dir, target.name, target.destination, lineage, names)
+
+    def _run_checks(self, p: Published, env: dict[str, str],
                     result: RunResult) -> CommandRun | None:
-        for template in target.check:
-            run = run_command(expand(template, target, lineage, record.names), env)
-            run.kind = "check"
+        for template in p.target.check:
+            run = run_command(expand(template, p.target.destination, p.lineage,
+                                     p.record.names), env, kind="check")
             result.commands.append(run)
             if not run.ok:
                 return run
         return None
 
-    def _undo(self, target: Target, lineage: str, undo: Undo | None, failed: CommandRun,
-              result: RunResult) -> None:
-        outcome = next(o for o in result.outcomes if o.target == target.name)
+    def _undo(self, p: Published, failed: CommandRun) -> None:
         try:
-            if undo is not None:
-                undo.action()
-            outcome.status = "rolled-back"
-            outcome.detail = (f"check '{failed.command}' failed ({failed.detail}); "
-                              f"{undo.description if undo else 'nothing to undo'}; "
-                              "reload skipped")
-        except (DeployError, OSError) as exc:
-            outcome.status = "failed"
-            outcome.detail = (f"check '{failed.command}' failed ({failed.detail}) and the "
-                              f"rollback failed too: {_why(exc, target.destination)}")
+            p.undo.action()
+            p.outcome.status = "rolled-back"
+            p.outcome.detail = (f"check '{failed.command}' failed ({failed.detail}); "
+                                f"{p.undo.description}; reload skipped")
+        except (KeysError, OSError) as exc:
+            p.outcome.status = "failed"
+            p.outcome.detail = (f"check '{failed.command}' failed ({failed.detail}) and the "
+                                f"rollback failed too: {_why(exc, p.target.destination)}")
 
     # -- rollback command
 
     def rollback(self, name: str) -> RunResult:
         target = next((t for t in self.config.targets if t.name == name), None)
         if target is None:
-            raise DeployError(f"{self.config.path}: no target [{name}] (targets: "
-                              f"{', '.join(t.name for t in self.config.targets)})")
+            raise UsageError(f"{self.config.path}: no target [{name}] (targets: "
+                             f"{', '.join(t.name for t in self.config.targets)})")
         state = self.state.load(name)
         if state.current is None or not state.history:
-            raise DeployError(f"[{name}]: no earlier version is kept to roll back to "
-                              "(keep = N keeps N)")
+            raise KeysError(f"[{name}]: no earlier version is kept to roll back to "
+                            "(keep = N keeps N)")
         previous = state.history.pop()
-        if target.path is not None:
-            publish_file(target, self.state.file_version(name, previous.seq))
+        output = target.output
+        if isinstance(output, FileOutput):
+            fmt = output.format
+            publish_file(output.path, NewFile(self.state.file_version(name, previous.seq),
+                                              target.key.uid, target.key.gid,
+                                              target.mode_of(fmt)), self.leftovers)
         else:
-            rollback_directory(target)
+            rollback_directory(output.directory, target.key.uid)
         state.current = previous
         self.state.save(name, state, keep=target.keep + 1)
         self.state.flush()
@@ -381,7 +318,7 @@ class Deployer:
         env = self._env(target, previous.lineage, previous.names)
         for template in target.reload:
             result.commands.append(run_command(
-                expand(template, target, previous.lineage, previous.names), env))
+                expand(template, target.destination, previous.lineage, previous.names), env))
         return result
 
     # -- status
@@ -403,11 +340,11 @@ class Deployer:
             else:
                 try:
                     material = self.material(current.lineage)
-                    row["in_sync"] = self._content(target, material)[0]
+                    row["in_sync"] = payload_for(target, material).in_place(current)
                     row["lineage_version"] = material.version
                     row["detail"] = ("in sync" if row["in_sync"] else
                                      f"lineage is at v{material.version}; run deploy")
-                except DeployError as exc:  # the lineage, or a keystore's password file
+                except KeysError as exc:  # the lineage, or a keystore's password file
                     row["in_sync"] = False
                     row["detail"] = str(exc)
             rows.append(row)
@@ -428,19 +365,13 @@ def _once(cache: dict[str, T | ValidationError], key: str, compute: Callable[[],
     return cached
 
 
+def _file_bytes(target: Target, files: dict[str, NewFile]) -> bytes | None:
+    """What the state keeps of a publish for ``rollback``: a file target's bytes."""
+    return next(iter(files.values())).data if isinstance(target.output, FileOutput) else None
+
+
 def _why(exc: BaseException, where: str = "") -> str:
-    """A DeployError's own line, or an OSError said as one line about ``where``."""
+    """A KeysError's own line, or an OSError said as one line about ``where``."""
     if isinstance(exc, OSError):
-        action = f"{exc.filename}: " if exc.filename else ""
-        return (f"{where}: {action}{exc.strerror or exc} (an I/O error: check the disk and "
-                "run again; the target is wholly old or wholly new)")
+        return f"{where}: {describe_os_error(exc)} (the target is wholly old or wholly new)"
     return str(exc)
-
-
-def failure_lines(result: RunResult) -> list[str]:
-    """One self-contained line per failure, for stderr."""
-    lines = [f"[{o.target}] {o.detail}" for o in result.outcomes if o.failed]
-    # A failed check is told in its target's line; a failed reload stands alone.
-    lines += [f"reload '{c.command}' failed: {c.detail}" for c in result.commands
-              if not c.ok and c.kind == "reload"]
-    return lines + result.errors

@@ -17,8 +17,8 @@ import os
 import re
 from typing import NamedTuple
 
-from certbot_atomic_deploy.errors import ValidationError
-from certbot_perms.flags import READ_FILE
+from daemon_keys.errors import ValidationError
+from daemon_keys.fs import read_regular
 
 KINDS = ("privkey", "cert", "chain", "fullchain")
 FILE_FORMATS = ("key", "cert", "chain", "fullchain", "key+fullchain", "fullchain+key",
@@ -78,25 +78,15 @@ def parse_blocks(data: bytes, where: str) -> list[PemBlock]:
     return blocks
 
 
-def _read_at(dir_fd: int, name: str, where: str) -> bytes:
+def list_lineages(config_dir: str) -> list[str]:
+    """The lineage names under ``<config_dir>/live``, sorted."""
+    live = os.path.join(config_dir, "live")
     try:
-        fd = os.open(name, READ_FILE, dir_fd=dir_fd)
+        entries = os.listdir(live)
     except FileNotFoundError:
-        raise ValidationError(f"{where}: missing") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ValidationError(f"{where}: is a symlink inside archive/; refusing") from None
-        raise ValidationError(f"{where}: cannot open: {os.strerror(exc.errno or 0)}") from None
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_PEM_BYTES + 1)
-    except OSError as exc:
-        raise ValidationError(f"{where}: cannot read: {os.strerror(exc.errno or 0)}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_PEM_BYTES:
-        raise ValidationError(f"{where}: larger than {MAX_PEM_BYTES} bytes; not a PEM file")
-    return data
+        return []
+    return sorted(e for e in entries
+                  if not e.startswith(".") and os.path.isdir(os.path.join(live, e)))
 
 
 def read_lineage(config_dir: str, name: str) -> Material:
@@ -174,7 +164,8 @@ def _read_at_following_key_link(dir_fd: int, kind: str, name: str, where: str) -
                 raise ValidationError(f"{where}: links to {target}, outside the lineage's "
                                       "archive; refusing")
             name = target
-    return _read_at(dir_fd, name, where)
+    return read_regular(name, dir_fd=dir_fd, limit=MAX_PEM_BYTES, where=where,
+                        error=ValidationError)[1]
 
 
 def build(fmt: str, material: Material) -> bytes:

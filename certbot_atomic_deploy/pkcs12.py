@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from certbot_atomic_deploy.errors import ValidationError
 from certbot_atomic_deploy.pem import Material
+from daemon_keys.errors import ValidationError
 
 KDF_ROUNDS = 100_000  # pem.KEYSTORE_TAG names these choices: change it with them
 _KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,

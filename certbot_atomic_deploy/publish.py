@@ -1,14 +1,15 @@
 """Publish a target's files: one file by rename, or a versioned directory by one symlink.
 
-Imports no certbot and no cryptography.
+Imports no certbot, no cryptography and no configuration: it is given what to
+write, a :class:`NewFile` (bytes, owner, group, mode) per name.
 
-File target: :func:`~.atomicfile.write_file_atomic` on the destination.
+File: :func:`daemon_keys.atomicfile.write_file_atomic` on the destination.
 
 Versioned directory ``DIR`` (``DIR/current -> vN``):
 
 1. remove what a killed run left (``.vN.*.tmp`` directories, ``.current.*.tmp`` links);
 2. create ``DIR/.vN.<random>.tmp`` mode 0700, invisible to readers;
-3. create each file in it with :func:`~.atomicfile.write_new_file` (owner and
+3. create each file in it with :func:`daemon_keys.atomicfile.write_new_file` (owner and
    mode before the first byte, fsync);
 4. chmod the version directory 0755 (each key file keeps its own mode), fsync
    it, rename it to ``vN``, fsync ``DIR``;
@@ -21,7 +22,8 @@ Readers that need a consistent key and certificate must open
 ``combined.pem`` (one file): two opens of ``DIR/current/x`` can straddle a switch.
 
 Each publish returns an :class:`Undo` that puts the previous state back (used
-when a target's check command fails).
+when a target's check command fails). Leftover temp names are found through
+one :class:`~daemon_keys.fs.Leftovers` per run, which lists each directory once.
 """
 from __future__ import annotations
 
@@ -33,25 +35,29 @@ import stat
 from collections.abc import Callable
 from typing import NamedTuple
 
-from certbot_atomic_deploy.atomicfile import (
-    TEMP_SUFFIX,
+from daemon_keys.atomicfile import (
     check_replaceable,
-    open_directory,
-    random_token,
-    remove_leftovers,
-    write_failed,
+    open_for_writing,
     write_file_atomic,
     write_new_file,
 )
-from certbot_atomic_deploy.config import Target, file_mode
-from certbot_atomic_deploy.errors import UnsafePathError, WriteError
-from certbot_atomic_deploy.pem import DIRECTORY_FILES
-from certbot_perms.flags import READ_DIR, READ_FILE
+from daemon_keys.errors import KeysError, UnsafePathError, WriteError, write_failed
+from daemon_keys.fs import READ_DIR, Leftovers, make_temp, read_regular
 
 CURRENT = "current"
 VERSION_DIR_MODE = 0o755
 TARGET_DIR_MODE = 0o755
+MAX_FILE_BYTES = 1 << 22  # what we compare with or keep for an undo: keys, chains, keystores
 _VERSION = re.compile(r"^v([0-9]+)$")
+
+
+class NewFile(NamedTuple):
+    """What to write under one name: its bytes, owner, group and mode."""
+
+    data: bytes
+    uid: int
+    gid: int
+    mode: int
 
 
 class Undo(NamedTuple):
@@ -59,30 +65,19 @@ class Undo(NamedTuple):
     action: Callable[[], None]
 
 
-def target_files(target: Target) -> dict[str, str]:
-    """File name -> format, for what the target holds."""
-    if target.path is not None and target.format is not None:
-        return {os.path.basename(target.path): target.format}
-    return dict(DIRECTORY_FILES)
-
-
-def _read_if_same_owner(dir_fd: int, name: str, uid: int, gid: int, mode: int) -> bytes | None:
+def read_if_exact(dir_fd: int, name: str, uid: int, gid: int, mode: int) -> bytes | None:
     """The file's bytes if it is a regular file with exactly this owner and mode, else None."""
     try:
-        fd = os.open(name, READ_FILE, dir_fd=dir_fd)
-    except OSError:
+        st, data = read_regular(name, dir_fd=dir_fd, limit=MAX_FILE_BYTES, where=name)
+    except KeysError:
+        return None  # absent or unreadable counts as different: the publish says why
+    if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (uid, gid, mode):
         return None
-    try:
-        st = os.fstat(fd)
-        if (not stat.S_ISREG(st.st_mode) or (st.st_uid, st.st_gid) != (uid, gid)
-                or stat.S_IMODE(st.st_mode) != mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    except OSError:
-        return None  # unreadable counts as different: the publish says what is wrong
-    finally:
-        os.close(fd)
+    return data
+
+
+def _is_written(dir_fd: int, name: str, new: NewFile) -> bool:
+    return read_if_exact(dir_fd, name, new.uid, new.gid, new.mode) == new.data
 
 
 def _open_plain(path: str) -> int | None:
@@ -101,19 +96,25 @@ def current_version_dir(dir_fd: int) -> str | None:
     return link if _VERSION.match(link) else None
 
 
-def in_place(target: Target, files: dict[str, bytes]) -> bool:
-    """Whether the destination already holds exactly these bytes, owner and modes."""
-    if target.path is not None:
-        dir_fd = _open_plain(os.path.dirname(target.path))
-        if dir_fd is None:
-            return False
-        try:
-            name = os.path.basename(target.path)
-            mode = file_mode(target, target.format or "")
-            return _read_if_same_owner(dir_fd, name, target.uid, target.gid, mode) == files[name]
-        finally:
-            os.close(dir_fd)
-    dir_fd = _open_plain(target.directory or "")
+def read_file_if_exact(path: str, uid: int, gid: int, mode: int) -> bytes | None:
+    """The file at ``path`` if it has exactly this owner and mode, else None."""
+    dir_fd = _open_plain(os.path.dirname(path))
+    if dir_fd is None:
+        return None
+    try:
+        return read_if_exact(dir_fd, os.path.basename(path), uid, gid, mode)
+    finally:
+        os.close(dir_fd)
+
+
+def file_in_place(path: str, new: NewFile) -> bool:
+    """Whether ``path`` already holds exactly these bytes, owner and mode."""
+    return read_file_if_exact(path, new.uid, new.gid, new.mode) == new.data
+
+
+def directory_in_place(directory: str, files: dict[str, NewFile]) -> bool:
+    """Whether ``directory/current/`` already holds exactly these files, owners and modes."""
+    dir_fd = _open_plain(directory)
     if dir_fd is None:
         return False
     try:
@@ -125,73 +126,43 @@ def in_place(target: Target, files: dict[str, bytes]) -> bool:
         except OSError:
             return False
         try:
-            return all(
-                _read_if_same_owner(vfd, name, target.uid, target.gid,
-                                    file_mode(target, fmt)) == files[name]
-                for name, fmt in DIRECTORY_FILES.items())
+            return all(_is_written(vfd, name, new) for name, new in files.items())
         finally:
             os.close(vfd)
     finally:
         os.close(dir_fd)
 
 
-def keystore_in_place(target: Target, digest: str | None) -> bool:
-    """Whether a pkcs12 target's file is the one recorded (sha256 ``digest``), owner and mode."""
-    if digest is None:
-        return False
-    dir_fd = _open_plain(os.path.dirname(target.path or "/"))
-    if dir_fd is None:
-        return False
+def _current_bytes(dir_fd: int, name: str, where: str) -> bytes | None:
+    """The current content of ``name`` (any owner), for an undo; None if absent."""
     try:
-        data = _read_if_same_owner(dir_fd, os.path.basename(target.path or ""), target.uid,
-                                   target.gid, file_mode(target, target.format or ""))
-    finally:
-        os.close(dir_fd)
-    import hashlib
-    return data is not None and hashlib.sha256(data).hexdigest() == digest
+        return read_regular(name, dir_fd=dir_fd, limit=MAX_FILE_BYTES, where=where)[1]
+    except KeysError:
+        return None  # absent; anything else there is refused by write_file_atomic's step (1)
 
 
-def read_current_bytes(target: Target) -> bytes | None:
-    """The file target's current content (any owner), for an undo; None if absent."""
-    if target.path is None:
-        return None
-    try:
-        fd = os.open(target.path, READ_FILE)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
-
-
-def publish_file(target: Target, data: bytes) -> Undo:
-    """Replace the file target's destination with ``data``; return how to put it back."""
-    path = target.path or ""
+def publish_file(path: str, new: NewFile, leftovers: Leftovers) -> Undo:
+    """Replace the file at ``path`` with ``new``; return how to put it back."""
     name = os.path.basename(path)
-    previous = read_current_bytes(target)
-    dir_fd = open_directory(os.path.dirname(path), owner_uid=target.uid)
+    dir_fd = open_for_writing(os.path.dirname(path), owner_uid=new.uid)
     try:
-        remove_leftovers(dir_fd, name)
-        mode = file_mode(target, target.format or "")
-        write_file_atomic(dir_fd, name, data, uid=target.uid, gid=target.gid, mode=mode,
+        leftovers.remove(dir_fd, name)
+        previous = _current_bytes(dir_fd, name, path)
+        write_file_atomic(dir_fd, name, new.data, uid=new.uid, gid=new.gid, mode=new.mode,
                           where=path)
     finally:
         os.close(dir_fd)
 
     def undo() -> None:
-        fd = open_directory(os.path.dirname(path), owner_uid=target.uid)
+        fd = open_for_writing(os.path.dirname(path), owner_uid=new.uid)
         try:
             if previous is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=fd)
                 os.fsync(fd)
             else:
-                write_file_atomic(fd, name, previous, uid=target.uid, gid=target.gid,
-                                  mode=mode, where=path)
+                write_file_atomic(fd, name, previous, uid=new.uid, gid=new.gid,
+                                  mode=new.mode, where=path)
         finally:
             os.close(fd)
 
@@ -225,11 +196,13 @@ def _remove_tree(parent_fd: int, name: str) -> None:
     os.rmdir(name, dir_fd=parent_fd)
 
 
-def _remove_directory_leftovers(dir_fd: int) -> None:
-    for entry in os.listdir(dir_fd):
-        if entry.startswith(".v") and entry.endswith(TEMP_SUFFIX):
-            _remove_tree(dir_fd, entry)
-    remove_leftovers(dir_fd, CURRENT)
+def _remove_directory_leftovers(dir_fd: int, leftovers: Leftovers) -> None:
+    """Step (1): ``.vN.*.tmp`` directories and ``.current.*.tmp`` links a killed run left."""
+    for name in leftovers.names(dir_fd):
+        if _VERSION.match(name):
+            for entry in leftovers.take(dir_fd, name):
+                _remove_tree(dir_fd, entry)
+    leftovers.remove(dir_fd, CURRENT)
 
 
 def switch_current(dir_fd: int, version: str | None, where: str) -> None:
@@ -246,15 +219,8 @@ def switch_current(dir_fd: int, version: str | None, where: str) -> None:
             os.unlink(CURRENT, dir_fd=dir_fd)
         os.fsync(dir_fd)
         return
-    for _ in range(16):
-        temp = f".{CURRENT}.{random_token()}{TEMP_SUFFIX}"
-        try:
-            os.symlink(version, temp, dir_fd=dir_fd)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise UnsafePathError(f"{where}: could not find a free temp name for the new link")
+    _, temp = make_temp(dir_fd, CURRENT, lambda t: os.symlink(version, t, dir_fd=dir_fd),
+                        f"{where}/{CURRENT}", "the new link")
     try:
         os.rename(temp, CURRENT, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError as exc:
@@ -267,26 +233,33 @@ def switch_current(dir_fd: int, version: str | None, where: str) -> None:
         raise write_failed(where, "syncing the directory", exc) from None
 
 
-def publish_directory(target: Target, files: dict[str, bytes]) -> Undo:
-    """Fill a new version directory and switch ``current`` to it; return the undo."""
-    where = target.directory or ""
-    dir_fd = open_directory(where, owner_uid=target.uid, create_mode=TARGET_DIR_MODE)
+def publish_directory(directory: str, files: dict[str, NewFile], *, owner_uid: int,
+                      keep: int, leftovers: Leftovers) -> Undo:
+    """Fill a new version directory and switch ``current`` to it; return the undo.
+
+    ``owner_uid`` may own ``directory`` (see :func:`open_for_writing`); ``keep``
+    older versions are kept for rollback.
+    """
+    where = directory
+    dir_fd = open_for_writing(where, owner_uid=owner_uid, create_mode=TARGET_DIR_MODE)
     try:
-        _remove_directory_leftovers(dir_fd)  # (1)
+        _remove_directory_leftovers(dir_fd, leftovers)  # (1)
         check_replaceable_link(dir_fd, where)
         previous = current_version_dir(dir_fd)
-        number = (versions(dir_fd) or [0])[-1] + 1
-        final = f"v{number}"
-        temp = f".{final}.{random_token()}{TEMP_SUFFIX}"
+        final = f"v{(versions(dir_fd) or [0])[-1] + 1}"
+        _, temp = make_temp(dir_fd, final, lambda t: os.mkdir(t, 0o700, dir_fd=dir_fd),
+                            f"{where}/{final}", "the version directory")  # (2)
         try:
-            os.mkdir(temp, 0o700, dir_fd=dir_fd)  # (2)
             vfd = os.open(temp, READ_DIR, dir_fd=dir_fd)
         except OSError as exc:
-            raise write_failed(f"{where}/{temp}", "creating the version directory", exc) from None
+            with contextlib.suppress(OSError):
+                os.rmdir(temp, dir_fd=dir_fd)
+            raise write_failed(f"{where}/{temp}", "opening the version directory",
+                               exc) from None
         try:
-            for name, fmt in DIRECTORY_FILES.items():  # (3)
-                write_new_file(vfd, name, files[name], uid=target.uid, gid=target.gid,
-                               mode=file_mode(target, fmt), where=f"{where}/{final}/{name}")
+            for name, new in files.items():  # (3)
+                write_new_file(vfd, name, new.data, uid=new.uid, gid=new.gid, mode=new.mode,
+                               where=f"{where}/{final}/{name}")
             try:
                 os.fchmod(vfd, VERSION_DIR_MODE)  # (4)
                 os.fsync(vfd)
@@ -316,12 +289,12 @@ def publish_directory(target: Target, files: dict[str, bytes]) -> Undo:
                 with contextlib.suppress(OSError):
                     _remove_tree(dir_fd, final)
             raise
-        prune(dir_fd, target.keep)  # (6)
+        prune(dir_fd, keep)  # (6)
     finally:
         os.close(dir_fd)
 
     def undo() -> None:
-        fd = open_directory(where, owner_uid=target.uid)
+        fd = open_for_writing(where, owner_uid=owner_uid)
         try:
             switch_current(fd, previous, where)
             with contextlib.suppress(OSError):
@@ -366,10 +339,10 @@ def prune(dir_fd: int, keep: int) -> list[str]:
     return [f"v{n}" for n in doomed]
 
 
-def rollback_directory(target: Target) -> str:
+def rollback_directory(directory: str, owner_uid: int) -> str:
     """Switch ``current`` to the newest version older than it; return that version."""
-    where = target.directory or ""
-    dir_fd = open_directory(where, owner_uid=target.uid)
+    where = directory
+    dir_fd = open_for_writing(where, owner_uid=owner_uid)
     try:
         current = current_version_dir(dir_fd)
         if current is None:

@@ -19,8 +19,9 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from certbot_atomic_deploy.atomicfile import open_directory, write_file_atomic
-from certbot_atomic_deploy.errors import DeployError, LockError
+from daemon_keys.atomicfile import open_for_writing, write_file_atomic
+from daemon_keys.errors import KeysError, LockError
+from daemon_keys.fs import Leftovers
 
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
@@ -79,7 +80,7 @@ class StateDir:
         return os.path.join(self.path, STATE_FILE)
 
     def _open(self) -> int:
-        return open_directory(self.path, create_mode=STATE_DIR_MODE)
+        return open_for_writing(self.path, create_mode=STATE_DIR_MODE)
 
     def _all(self) -> dict[str, TargetState]:
         if self._targets is None:
@@ -95,8 +96,8 @@ class StateDir:
             except FileNotFoundError:
                 self._targets = {}
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-                raise DeployError(f"{self.file}: unreadable state ({exc}); move it away and "
-                                  "deploy again (status and rollback start afresh)") from None
+                raise KeysError(f"{self.file}: unreadable state ({exc}); move it away and "
+                                "deploy again (status and rollback start afresh)") from None
         return self._targets
 
     def load(self, target: str) -> TargetState:
@@ -124,6 +125,7 @@ class StateDir:
             for name, t in sorted(self._all().items())}}, indent=1).encode()
         fd = self._open()
         try:
+            Leftovers().remove(fd, STATE_FILE)
             write_file_atomic(fd, STATE_FILE, body, uid=os.geteuid(), gid=os.getegid(),
                               mode=STATE_FILE_MODE, where=self.file)
         finally:
@@ -133,8 +135,8 @@ class StateDir:
     def file_version(self, target: str, seq: int) -> bytes:
         text = self.load(target).files.get(seq)
         if text is None:
-            raise DeployError(f"{self.file}: publish {seq} of [{target}] is no longer kept; "
-                              "cannot roll back to it")
+            raise KeysError(f"{self.file}: publish {seq} of [{target}] is no longer kept; "
+                            "cannot roll back to it")
         if text.startswith(_BINARY):
             import base64
             return base64.b64decode(text[len(_BINARY):])

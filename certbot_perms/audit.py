@@ -26,8 +26,6 @@ import stat
 from dataclasses import asdict, dataclass
 
 from certbot_perms import acl
-from certbot_perms.errors import PermsError
-from certbot_perms.flags import READ_DIR, READ_FILE
 from certbot_perms.lineage import (
     PRIVKEY_NAME,
     ApplyReport,
@@ -36,10 +34,12 @@ from certbot_perms.lineage import (
     search_principals,
 )
 from certbot_perms.records import spec_for
-from certbot_perms.spec import KEY_MODE_OWNER_ONLY, PermSpec, exceeds
+from daemon_keys.errors import KeysError, describe_os_error
+from daemon_keys.fs import READ_DIR, READ_FILE
+from daemon_keys.keyspec import KEY_MODE_OWNER_ONLY, KeySpec, exceeds
 
 PRIVATE_DIRS = ("live", "archive", "accounts")
-DEFAULT_SPEC = PermSpec(uid=0, gid=0, mode=KEY_MODE_OWNER_ONLY, owner_name="root",
+DEFAULT_SPEC = KeySpec(uid=0, gid=0, mode=KEY_MODE_OWNER_ONLY, owner_name="root",
                         group_name="root")
 
 
@@ -78,7 +78,7 @@ def _audit_dir(fd: int, path: str, private: bool, fix: bool, out: list[Finding])
         out.append(finding)
 
 
-def _audit_key(dir_fd: int, name: str, path: str, spec: PermSpec, has_spec: bool,
+def _audit_key(dir_fd: int, name: str, path: str, spec: KeySpec, has_spec: bool,
                fix: bool, out: list[Finding]) -> None:
     fd = _open_file(name, dir_fd)
     if fd is None:
@@ -126,9 +126,9 @@ class _Specs:
 
     def __init__(self, config_dir: str) -> None:
         self.config_dir = config_dir
-        self._specs: dict[str, PermSpec | None] = {}
+        self._specs: dict[str, KeySpec | None] = {}
 
-    def __call__(self, name: str) -> PermSpec | None:
+    def __call__(self, name: str) -> KeySpec | None:
         if name not in self._specs:
             self._specs[name] = spec_for(self.config_dir, name)[0]
         return self._specs[name]
@@ -299,8 +299,9 @@ def audit(config_dir: str, fix: bool = False) -> list[Finding]:
         _audit_live_acls(root_fd, config_dir, specs, fix, out)
         _audit_accounts(root_fd, config_dir, fix, out)
     except OSError as exc:
-        raise PermsError(f"{config_dir}: audit failed: {exc.strerror or exc} "
-                         f"({exc.filename or 'a file below it'})") from None
+        raise KeysError(f"{config_dir}: audit failed: "
+                        f"{describe_os_error(exc, exc.filename or 'a file below it')}"
+                        ) from None
     finally:
         os.close(root_fd)
     return out

@@ -1,9 +1,10 @@
 """``certbot-perms``: apply a key spec from a deploy hook, or audit a config dir.
 
-The only module of this package that reads ``os.environ`` and turns errors
-into exit codes. Exit codes: 0 fine, 1 ``check`` found something (or an
-unexpected error: one line, ``--debug`` shows the traceback), 2 bad input or a
-failure (one line on stderr says what, where and what to do).
+The only module of this package that reads ``os.environ``. Exit codes, the
+same as ``certbot-atomic-deploy``'s (:mod:`daemon_keys.errors`): 0 done, 1
+something failed, or ``check`` found something, 2 usage, a bad key spec or
+config, a lineage that does not exist. Every error is one line on stderr
+(``--debug`` shows the traceback of an unexpected one).
 """
 from __future__ import annotations
 
@@ -14,23 +15,21 @@ import sys
 from collections.abc import Sequence
 
 from certbot_perms.audit import as_json, audit
-from certbot_perms.errors import PermsError, describe_unexpected
 from certbot_perms.lineage import apply_key_permissions, split_lineage_ref
 from certbot_perms.records import record_spec, spec_for
-from certbot_perms.spec import PermSpec, parse_spec
+from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
+from daemon_keys.errors import EXIT_FAILED, EXIT_OK, UsageError
+from daemon_keys.keyspec import KeySpec, parse_spec
 
+PROG = "certbot-perms"
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
-EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
-EXIT_UNEXPECTED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="certbot-perms",
+        prog=PROG,
         description="Give Certbot lineages' private keys the owner, group and mode their "
                     "daemons need, and audit a config dir for keys readable too widely.")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     apply = sub.add_parser(
@@ -45,9 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--key-group", metavar="GROUP", help="group: group name or gid")
     apply.add_argument("--key-mode", metavar="MODE",
                        help="octal mode, at most 0640 (default 0640 with --key-group, else 0600)")
-    apply.add_argument("--config-dir", default=None,
-                       help=f"certbot config dir (default: from LINEAGE's path, else "
-                            f"{DEFAULT_CONFIG_DIR})")
 
     check = sub.add_parser(
         "check", help="audit keys and directories (exit 1 if anything is found)",
@@ -57,12 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "spec asks for. Exit 1 when something is found, for monitoring.")
     check.add_argument("--fix", action="store_true", help="tighten what is found")
     check.add_argument("--json", action="store_true", help="print findings as JSON")
-    check.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR,
-                       help=f"certbot config dir (default: {DEFAULT_CONFIG_DIR})")
+    add_global_options(parser, [apply, check], [
+        (("--config-dir",), {"default": None, "help": (
+            "certbot config dir (default: apply: from LINEAGE's path, else "
+            f"{DEFAULT_CONFIG_DIR}; check: {DEFAULT_CONFIG_DIR})")}),
+        DEBUG_OPTION])
     return parser
 
 
-def _given_spec(args: argparse.Namespace) -> PermSpec | None:
+def _given_spec(args: argparse.Namespace) -> KeySpec | None:
     if args.key_owner is None and args.key_group is None and args.key_mode is None:
         return None
     return parse_spec(args.key_owner, args.key_group, args.key_mode)
@@ -73,7 +72,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not refs:
         renewed = os.environ.get("RENEWED_LINEAGE")
         if not renewed:
-            raise PermsError("no lineage given and $RENEWED_LINEAGE is not set "
+            raise UsageError("no lineage given and $RENEWED_LINEAGE is not set "
                              "(name a lineage, or run this as certbot's --deploy-hook)")
         refs = [renewed]
     given = _given_spec(args)  # validated before anything is touched
@@ -82,15 +81,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
         config_dir, name = split_lineage_ref(ref, args.config_dir or DEFAULT_CONFIG_DIR)
         if args.config_dir and "/" in ref and os.path.abspath(config_dir) != os.path.abspath(
                 args.config_dir):
-            raise PermsError(f"{ref}: not under --config-dir {args.config_dir}")
+            raise UsageError(f"{ref}: not under --config-dir {args.config_dir}")
         if not os.path.isdir(os.path.join(config_dir, "live", name)):
-            raise PermsError(f"{os.path.join(config_dir, 'live', name)}: no such lineage "
+            raise UsageError(f"{os.path.join(config_dir, 'live', name)}: no such lineage "
                              "(see 'certbot certificates' for the names)")
         spec = given
         if spec is None:
             spec, _source = spec_for(config_dir, name)
             if spec is None:
-                raise PermsError(f"lineage {name}: no key spec recorded (run once: "
+                raise UsageError(f"lineage {name}: no key spec recorded (run once: "
                                  f"certbot-perms apply --key-group GROUP {name})")
         targets.append((config_dir, name, spec))
     for config_dir, name, spec in targets:
@@ -106,6 +105,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    args.config_dir = args.config_dir or DEFAULT_CONFIG_DIR
     findings = audit(args.config_dir, fix=args.fix)
     if args.json:
         print(json.dumps({"config_dir": args.config_dir, "findings": as_json(findings)},
@@ -116,28 +116,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not findings:
             print(f"{args.config_dir}: no key readable beyond its spec, no unsafe directory")
     remaining = [f for f in findings if not f.fixed]
-    return EXIT_FOUND if remaining else EXIT_OK
+    return EXIT_FAILED if remaining else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "apply":
-            return cmd_apply(args)
-        return cmd_check(args)
-    except PermsError as exc:
-        print(f"certbot-perms: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"certbot-perms: {where}{exc.strerror or exc} (nothing after it was changed; "
-              "fix it and run again)", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"certbot-perms: {describe_unexpected(exc)}", file=sys.stderr)
-        return EXIT_UNEXPECTED
+    command = cmd_apply if args.command == "apply" else cmd_check
+    return run_reporting(PROG, lambda: command(args), args.debug)
 
 
 if __name__ == "__main__":

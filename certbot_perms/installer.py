@@ -1,7 +1,7 @@
 """The ``perms`` Certbot installer: the only module of this package that imports certbot.
 
 A thin adapter: it turns ``--perms-key-owner/-group/-mode`` (or ``perms-key-*``
-in cli.ini) into a :class:`~certbot_perms.spec.PermSpec` and hands it to
+in cli.ini) into a :class:`~certbot_perms.spec.KeySpec` and hands it to
 :func:`~certbot_perms.lineage.apply_key_permissions`, at the three moments
 Certbot offers:
 
@@ -26,9 +26,9 @@ from typing import Any
 from certbot import errors, interfaces
 from certbot.plugins import common
 
-from certbot_perms.errors import PermsError, SpecError
 from certbot_perms.lineage import ChownRefused, apply_key_permissions
-from certbot_perms.spec import PermSpec, parse_spec
+from daemon_keys.errors import KeysError
+from daemon_keys.keyspec import KeySpec, parse_spec
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +43,18 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
     @classmethod
     def add_parser_arguments(cls, add: Callable[..., None]) -> None:
         add("key-owner", default=None, metavar="USER",
-            help="Owner of the private key: a user name or uid (default: root)")
+            help="Owner of the private key: a user name or uid (default: the user "
+                 "certbot runs as, root when run as root)")
         add("key-group", default=None, metavar="GROUP",
             help="Group of the private key, e.g. ssl-cert: its members may read the key "
-                 "(default: root)")
+                 "(default: the group certbot runs as, root when run as root)")
         add("key-mode", default=None, metavar="MODE",
             help="Octal mode of the private key, at most 0640 (default: 0640 with "
                  "--perms-key-group, else 0600)")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._spec: PermSpec | None = None
+        self._spec: KeySpec | None = None
         self._deployed: set[str] = set()  # lineage key paths deploy_cert has handled
 
     def more_info(self) -> str:
@@ -64,12 +65,12 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
     def _options(self) -> tuple[str | None, str | None, str | None]:
         return self.conf("key-owner"), self.conf("key-group"), self.conf("key-mode")
 
-    def spec(self) -> PermSpec:
+    def spec(self) -> KeySpec:
         """The validated spec (parsed once; raises PluginError naming the option)."""
         if self._spec is None:
             try:
                 self._spec = parse_spec(*self._options(), option_prefix="--perms-")
-            except SpecError as exc:
+            except KeysError as exc:
                 raise errors.PluginError(str(exc)) from None
         return self._spec
 
@@ -87,7 +88,7 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
             # Certbot run unprivileged: say what could not be done, keep renewing.
             logger.warning("perms: %s", exc)
             return
-        except PermsError as exc:
+        except KeysError as exc:
             raise errors.PluginError(str(exc)) from None
         for line in report.changed:
             logger.info("perms: %s", line)

@@ -1,4 +1,4 @@
-"""Apply a :class:`~certbot_perms.spec.PermSpec` to one Certbot lineage on disk.
+"""Apply a :class:`~daemon_keys.keyspec.KeySpec` to one Certbot lineage on disk.
 
 Imports no certbot. Works on descriptors: the config dir is opened once, every
 directory and key below it is opened relative to its parent with
@@ -29,14 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from certbot_perms import acl
-from certbot_perms.errors import LineageError, PermsError
-from certbot_perms.flags import READ_DIR, READ_FILE
-from certbot_perms.spec import PermSpec, name_of_gid, name_of_uid
+from daemon_keys.errors import KeysError, LineageError, UsageError, describe_os_error
+from daemon_keys.fs import READ_DIR, READ_FILE, open_dir
+from daemon_keys.keyspec import KeySpec, name_of_gid, name_of_uid
 
 PRIVKEY_NAME = re.compile(r"^privkey[0-9]+\.pem$")
 
 
-class ChownRefused(PermsError):
+class ChownRefused(KeysError):
     """The kernel refused a chown (certbot not running as root)."""
 
 
@@ -45,7 +45,7 @@ class ApplyReport:
     """What :func:`apply_key_permissions` changed, for the user to read."""
 
     lineage: str
-    spec: PermSpec
+    spec: KeySpec
     changed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -58,48 +58,22 @@ def split_lineage_ref(ref: str, config_dir: str) -> tuple[str, str]:
         live_dir = os.path.normpath(os.path.abspath(ref))
         parent = os.path.dirname(live_dir)
         if os.path.basename(parent) != "live":
-            raise LineageError(f"{ref}: not a lineage's live directory (expected "
+            raise UsageError(f"{ref}: not a lineage's live directory (expected "
                                "<config-dir>/live/<name>, or give the lineage name)")
         config_dir = os.path.dirname(parent)
         name = os.path.basename(live_dir)
     if name in ("", ".", "..") or name.startswith("."):
-        raise LineageError(f"{ref}: not a lineage name")
+        raise UsageError(f"{ref}: not a lineage name")
     return config_dir, name
 
 
 @contextmanager
-def _opened(path: str, flags: int, dir_fd: int | None = None) -> Iterator[int]:
+def _opened(path: str, flags: int, dir_fd: int) -> Iterator[int]:
     fd = os.open(path, flags, dir_fd=dir_fd)
     try:
         yield fd
     finally:
         os.close(fd)
-
-
-def _open_below(root_fd: int, relpath: str, shown: str) -> int:
-    """Open a directory below root_fd one component at a time, never following links."""
-    fd = os.dup(root_fd)
-    try:
-        for component in relpath.split("/"):
-            if component in ("", "."):
-                continue
-            if component == "..":
-                raise LineageError(f"{shown}: leaves the config dir; refusing")
-            try:
-                new_fd = os.open(component, READ_DIR, dir_fd=fd)
-            except FileNotFoundError:
-                raise LineageError(f"{shown}: does not exist") from None
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise LineageError(f"{shown}: '{component}' is a symlink or not a "
-                                       "directory; refusing to follow it") from None
-                raise
-            os.close(fd)
-            fd = new_fd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def archive_relpath(live_fd: int, shown: str) -> str:
@@ -121,7 +95,7 @@ def archive_relpath(live_fd: int, shown: str) -> str:
                                          os.path.dirname(target)))
 
 
-def _narrowed_mode(st: os.stat_result, spec: PermSpec) -> int:
+def _narrowed_mode(st: os.stat_result, spec: KeySpec) -> int:
     """A mode that lets in nobody the current file or the final spec keeps out.
 
     The owner bits stay when the owner is this process itself: it can chmod
@@ -136,7 +110,7 @@ def _narrowed_mode(st: os.stat_result, spec: PermSpec) -> int:
     return mode
 
 
-def apply_to_key(dir_fd: int, name: str, spec: PermSpec, shown: str,
+def apply_to_key(dir_fd: int, name: str, spec: KeySpec, shown: str,
                   report: ApplyReport) -> None:
     """Give one key file the spec, never opening it wider than the final spec.
 
@@ -211,7 +185,7 @@ def _tighten_world_readable_keys(archive_root_fd: int, shown_root: str,
             os.close(lineage_fd)
 
 
-def search_principals(spec: PermSpec) -> list[dict[str, int]]:
+def search_principals(spec: KeySpec) -> list[dict[str, int]]:
     """Who needs ``x`` on the path to a key with this spec: a non-root reading owner, a
     reading group (as ``{"uid": N}`` / ``{"gid": N}``, the arguments of acl.grant_search)."""
     principals: list[dict[str, int]] = []
@@ -222,7 +196,7 @@ def search_principals(spec: PermSpec) -> list[dict[str, int]]:
     return principals
 
 
-def _grant_path(root_fd: int, config_dir: str, relpaths: list[str], spec: PermSpec,
+def _grant_path(root_fd: int, config_dir: str, relpaths: list[str], spec: KeySpec,
                 report: ApplyReport) -> None:
     """Let the spec's owner and group search every directory from the config dir down."""
     principals = search_principals(spec)
@@ -238,7 +212,7 @@ def _grant_path(root_fd: int, config_dir: str, relpaths: list[str], spec: PermSp
     archive_top = relpaths[-1].split("/")[0]
     tightened = False
     for rel, shown in steps:
-        with _opened_dir(root_fd, rel, shown) as fd:
+        with _opened_dir(root_fd, rel, config_dir) as fd:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) in seen:
                 continue
@@ -246,8 +220,7 @@ def _grant_path(root_fd: int, config_dir: str, relpaths: list[str], spec: PermSp
             for who in principals:
                 if not _can_search(fd, st, who):
                     if not tightened and rel.split("/")[0] == archive_top and "gid" in who:
-                        with _opened_dir(root_fd, archive_top, os.path.join(
-                                config_dir, archive_top)) as top_fd:
+                        with _opened_dir(root_fd, archive_top, config_dir) as top_fd:
                             _tighten_world_readable_keys(top_fd, os.path.join(
                                 config_dir, archive_top), report)
                         tightened = True
@@ -255,7 +228,7 @@ def _grant_path(root_fd: int, config_dir: str, relpaths: list[str], spec: PermSp
                         acl.grant_search(fd, **who)
                     except OSError as exc:
                         if exc.errno == errno.EOPNOTSUPP:
-                            raise PermsError(
+                            raise KeysError(
                                 f"{shown}: the filesystem has no POSIX ACL support, so "
                                 f"{_who(who, spec)} cannot be let through without opening it "
                                 "to everyone (mount it with ACLs, or publish a copy of the "
@@ -266,8 +239,9 @@ def _grant_path(root_fd: int, config_dir: str, relpaths: list[str], spec: PermSp
 
 
 @contextmanager
-def _opened_dir(root_fd: int, rel: str, shown: str) -> Iterator[int]:
-    fd = _open_below(root_fd, rel, shown)
+def _opened_dir(root_fd: int, rel: str, config_dir: str) -> Iterator[int]:
+    """Directory ``rel`` below the config dir, no symlink followed on the way."""
+    fd = open_dir(rel, at=root_fd, at_path=config_dir)
     try:
         yield fd
     finally:
@@ -281,7 +255,7 @@ def _can_search(fd: int, st: os.stat_result, who: dict[str, int]) -> bool:
     return bool(acl.group_perms(st, current, who["gid"]) & acl.SEARCH)
 
 
-def _who(who: dict[str, int], spec: PermSpec) -> str:
+def _who(who: dict[str, int], spec: KeySpec) -> str:
     return f"user {spec.owner_name}" if "uid" in who else f"group {spec.group_name}"
 
 
@@ -293,27 +267,27 @@ def open_config_dir(config_dir: str) -> int:
     try:
         return os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise LineageError(f"{config_dir}: cannot open the certbot config dir: "
-                           f"{os.strerror(exc.errno or 0)} (give --config-dir)") from None
+        raise UsageError(f"{config_dir}: cannot open the certbot config dir: "
+                         f"{os.strerror(exc.errno or 0)} (give --config-dir)") from None
 
 
-def apply_key_permissions(config_dir: str, name: str, spec: PermSpec) -> ApplyReport:
+def apply_key_permissions(config_dir: str, name: str, spec: KeySpec) -> ApplyReport:
     """Give every key of lineage ``name`` the spec and let its readers reach it.
 
     Idempotent: a lineage already in shape is opened and stat'ed, nothing else.
     Raises :class:`LineageError` for a missing or untrustworthy lineage,
     :class:`ChownRefused` when not privileged enough (keys are left narrowed,
-    never widened), :class:`PermsError` for anything else it cannot do.
+    never widened), :class:`KeysError` for anything else it cannot do.
     """
     report = ApplyReport(lineage=name, spec=spec)
     root_fd = open_config_dir(config_dir)
     try:
         live_rel = f"live/{name}"
         live_shown = os.path.join(config_dir, live_rel)
-        with _opened_dir(root_fd, live_rel, live_shown) as live_fd:
+        with _opened_dir(root_fd, live_rel, config_dir) as live_fd:
             archive_rel = archive_relpath(live_fd, live_shown)
         archive_shown = os.path.join(config_dir, archive_rel)
-        with _opened_dir(root_fd, archive_rel, archive_shown) as archive_fd:
+        with _opened_dir(root_fd, archive_rel, config_dir) as archive_fd:
             keys = sorted((e for e in os.listdir(archive_fd) if PRIVKEY_NAME.match(e)),
                           key=lambda e: int(e[7:-4]))
             if not keys:
@@ -323,8 +297,9 @@ def apply_key_permissions(config_dir: str, name: str, spec: PermSpec) -> ApplyRe
                 apply_to_key(archive_fd, key, spec, os.path.join(archive_shown, key), report)
         _grant_path(root_fd, config_dir, [live_rel, archive_rel], spec, report)
     except OSError as exc:
-        raise PermsError(f"{config_dir}: lineage {name}: {exc.strerror or exc} "
-                         f"({exc.filename or 'a key or directory'})") from None
+        raise KeysError(f"{config_dir}: lineage {name}: "
+                        f"{describe_os_error(exc, exc.filename or 'a key or directory')}"
+                        ) from None
     finally:
         os.close(root_fd)
     return report

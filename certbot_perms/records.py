@@ -17,10 +17,9 @@ import os
 
 from configobj import ConfigObj, ConfigObjError
 
-from certbot_atomic_deploy.atomicfile import open_directory, write_file_atomic
-from certbot_atomic_deploy.errors import DeployError
-from certbot_perms.errors import PermsError, SpecError
-from certbot_perms.spec import PermSpec, parse_spec
+from daemon_keys.atomicfile import open_for_writing, write_file_atomic
+from daemon_keys.errors import ConfigError, SpecError
+from daemon_keys.keyspec import KeySpec, parse_spec
 
 RECORD_DIR = "certbot-perms"
 RECORD_DIR_MODE = 0o755
@@ -49,7 +48,7 @@ def renewal_options(config_dir: str, name: str) -> dict[str, str | None] | None:
         params = ConfigObj(data.decode("utf-8").splitlines(), interpolation=False).get(
             "renewalparams", {})
     except (ConfigObjError, UnicodeDecodeError) as exc:
-        raise PermsError(f"{path}: cannot parse: {exc}") from None
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
     if params.get("installer") != "perms":
         return None
     return {opt: _clean(params.get("perms_" + opt.replace("-", "_"))) for opt in OPTIONS}
@@ -62,16 +61,16 @@ def recorded_options(config_dir: str, name: str) -> dict[str, str | None] | None
     try:
         conf = ConfigObj(path, interpolation=False, file_error=True)
     except (ConfigObjError, OSError) as exc:
-        raise PermsError(f"{path}: cannot parse: {exc} (fix it, or rewrite it with "
+        raise ConfigError(f"{path}: cannot parse: {exc} (fix it, or rewrite it with "
                          "certbot-perms apply --key-group ...)") from None
     unknown = sorted(set(conf) - {o.replace("-", "_") for o in OPTIONS})
     if unknown:
-        raise PermsError(f"{path}: unknown key '{unknown[0]}' (allowed: "
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: "
                          "key_owner, key_group, key_mode)")
     return {opt: _clean(conf.get(opt.replace("-", "_"))) for opt in OPTIONS}
 
 
-def spec_for(config_dir: str, name: str) -> tuple[PermSpec | None, str]:
+def spec_for(config_dir: str, name: str) -> tuple[KeySpec | None, str]:
     """The lineage's spec and where it came from ('' when it has none)."""
     for source, options in (
             (os.path.join(config_dir, "renewal", f"{name}.conf"),
@@ -83,11 +82,11 @@ def spec_for(config_dir: str, name: str) -> tuple[PermSpec | None, str]:
                 return parse_spec(options["key-owner"], options["key-group"],
                                   options["key-mode"], option_prefix="key_"), source
             except SpecError as exc:
-                raise PermsError(f"{source}: {exc}") from None
+                raise ConfigError(f"{source}: {exc}") from None
     return None, ""
 
 
-def record_spec(config_dir: str, name: str, spec: PermSpec) -> bool:
+def record_spec(config_dir: str, name: str, spec: KeySpec) -> bool:
     """Write the spec for ``name`` if it differs from what is recorded; True if written."""
     if recorded_options(config_dir, name) == spec.as_options():
         return False
@@ -97,14 +96,11 @@ def record_spec(config_dir: str, name: str, spec: PermSpec) -> bool:
             + "".join(f"{opt.replace('-', '_')} = {value}\n"
                       for opt, value in spec.as_options().items()))
     where = os.path.join(config_dir, RECORD_DIR, f"{name}.conf")
+    dir_fd = open_for_writing(os.path.join(os.path.abspath(config_dir), RECORD_DIR),
+                              create_mode=RECORD_DIR_MODE)
     try:
-        dir_fd = open_directory(os.path.join(os.path.abspath(config_dir), RECORD_DIR),
-                                create_mode=RECORD_DIR_MODE)
-        try:
-            write_file_atomic(dir_fd, f"{name}.conf", body.encode(), uid=os.geteuid(),
-                              gid=os.getegid(), mode=RECORD_FILE_MODE, where=where)
-        finally:
-            os.close(dir_fd)
-    except DeployError as exc:
-        raise PermsError(str(exc)) from None
+        write_file_atomic(dir_fd, f"{name}.conf", body.encode(), uid=os.geteuid(),
+                          gid=os.getegid(), mode=RECORD_FILE_MODE, where=where)
+    finally:
+        os.close(dir_fd)
     return True

@@ -13,8 +13,8 @@ import pytest
 from helpers import NOBODY, run_as
 
 from certbot_perms import acl
-from certbot_perms.errors import SpecError
-from certbot_perms.spec import exceeds, parse_spec
+from daemon_keys.errors import SpecError
+from daemon_keys.keyspec import exceeds, parse_spec
 
 
 @pytest.mark.parametrize("mode,expected", [

@@ -19,8 +19,8 @@ from certbot_atomic_deploy import cli as deploy_cli
 from certbot_atomic_deploy.config import load
 from certbot_atomic_deploy.presets import PRESETS
 from certbot_perms import cli as perms_cli
-from certbot_perms.errors import describe_unexpected
-from certbot_perms.spec import parse_mode
+from daemon_keys.errors import describe_unexpected
+from daemon_keys.keyspec import parse_mode
 
 ME, MY_GROUP = os.geteuid(), os.getegid()
 
@@ -141,11 +141,11 @@ def test_every_preset_names_a_valid_key_mode_and_its_reason(tmp_path: Path) -> N
         path = tmp_path / f"{name}.conf"
         password = f"password_file = {tmp_path}/p\n" if name == "tomcat" else ""
         # owner and group given, so presets whose group this machine lacks still load
-        owner = "" if preset.root_owned else f"owner = {ME}\n"
+        owner = f"owner = {0 if preset.root_owned else ME}\n"
         path.write_text(f"[t]\npreset = {name}\nlineage = mail\npath = {tmp_path}/k\n"
                         f"{owner}group = {MY_GROUP}\n{password}")
         target = load(str(path)).targets[0]
-        assert (target.preset, target.gid) == (name, MY_GROUP)
+        assert (target.preset, target.key.gid) == (name, MY_GROUP)
 
 
 def test_an_unexpected_error_is_one_line_naming_where() -> None:

@@ -13,17 +13,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from helpers import make_chain, material, pem_of
 
-from certbot_atomic_deploy.atomicfile import (
-    open_directory,
-    unsafe_reason,
-    write_file_atomic,
-    write_new_file,
-)
-from certbot_atomic_deploy.errors import DeployError, LockError, UnsafePathError, ValidationError
+from daemon_keys.atomicfile import open_for_writing, write_file_atomic, write_new_file
+from daemon_keys.errors import KeysError, LockError, UnsafePathError, ValidationError
+from daemon_keys.fs import READ_DIR, unsafe_reason
 from certbot_atomic_deploy.pem import build, keystore_fingerprint, parse_blocks
 from certbot_atomic_deploy.state import Record, StateDir, TargetState
 from certbot_perms import acl
-from certbot_perms.flags import READ_DIR
 
 ME, MY_GROUP = os.geteuid(), os.getegid()
 
@@ -126,7 +121,7 @@ def test_write_new_file_never_replaces_what_is_there(tmp_path: Path) -> None:
     (tmp_path / "privkey.pem").write_bytes(b"old")
     fd = _dir(tmp_path)
     try:
-        with pytest.raises(DeployError, match="creating the file"):
+        with pytest.raises(KeysError, match="creating the file"):
             write_new_file(fd, "privkey.pem", b"new", uid=ME, gid=MY_GROUP, mode=0o600,
                            where="privkey.pem")
     finally:
@@ -157,19 +152,19 @@ def test_a_destination_directory_others_can_write_is_refused(tmp_path: Path) -> 
     out.mkdir()
     out.chmod(0o777)
     with pytest.raises(UnsafePathError, match=f"{out}: unsafe directory, writable by others"):
-        open_directory(str(out))
+        open_for_writing(str(out))
 
 
 def test_a_symlinked_destination_directory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(UnsafePathError, match="is a symlink; refusing to follow it"):
-        open_directory(str(tmp_path / "link"))
+        open_for_writing(str(tmp_path / "link"))
 
 
 def test_a_relative_destination_is_refused() -> None:
     with pytest.raises(UnsafePathError, match="not an absolute path"):
-        open_directory("out/tls")
+        open_for_writing("out/tls")
 
 
 # -- run state
@@ -189,7 +184,7 @@ def test_state_keeps_records_and_published_bytes_across_loads(tmp_path: Path) ->
     assert again.load("postfix").current == _record(1)
     assert again.file_version("postfix", 1) == b"-----BEGIN v1"
     assert again.file_version("jks", 1) == b"\x30\x82binary"
-    with pytest.raises(DeployError, match=r"publish 7 of \[postfix\] is no longer kept"):
+    with pytest.raises(KeysError, match=r"publish 7 of \[postfix\] is no longer kept"):
         again.file_version("postfix", 7)
 
 
@@ -209,7 +204,7 @@ def test_state_keeps_only_the_last_versions(tmp_path: Path) -> None:
 def test_unreadable_state_is_one_line_saying_what_to_do(tmp_path: Path, body: str) -> None:
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "state.json").write_text(body)
-    with pytest.raises(DeployError, match=r"unreadable state .*move it away and deploy again"):
+    with pytest.raises(KeysError, match=r"unreadable state .*move it away and deploy again"):
         StateDir(str(tmp_path / "state")).load("t")
 
 

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from helpers import make_chain, material, new_key, pem_of, write_lineage
 
-from certbot_atomic_deploy.errors import ValidationError
+from daemon_keys.errors import ValidationError
 from certbot_atomic_deploy.pem import parse_blocks, read_lineage
 from certbot_atomic_deploy.validate import (
     check_signature,

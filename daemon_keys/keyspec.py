@@ -1,15 +1,18 @@
-"""The permission spec of a lineage's private key: owner, group, mode.
+"""The owner, group and mode of a private key: the rules and defaults, once.
 
-Imports no certbot. A :class:`PermSpec` is only ever built by :func:`parse_spec`,
-which validates everything before anything on disk is touched.
+Imports only the standard library. Used by the certbot installer, by
+``certbot-perms`` and by every deploy target, so a key spec means the same
+everywhere. A :class:`KeySpec` is only ever built by :func:`parse_spec`, which
+validates everything before anything on disk is touched.
 
 Rules (a key is a secret, the mode may only ever narrow what the daemon needs):
 - owner and group are names or numeric ids; a name must exist on this system,
   a number is taken as it is (containers often have ids without names);
 - the mode is octal (``0640``, ``640`` or ``0o640``); it may give others no
   access at all, the group at most read, and no setuid, setgid or sticky bit;
-- defaults: owner and group that of the running process (what Certbot itself
-  writes); mode 0640 when a group is given, else 0600.
+- defaults: owner and group those of the running process (root when run as
+  root; what Certbot itself writes its keys as); mode 0640 when a group is
+  given, else 0600.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import re
 import stat
 from typing import NamedTuple
 
-from certbot_perms.errors import SpecError
+from daemon_keys.errors import SpecError
 
 KEY_MODE_OWNER_ONLY = 0o600
 KEY_MODE_GROUP_READ = 0o640
@@ -32,7 +35,7 @@ FORBIDDEN_KEY_BITS = (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP
 _OCTAL_MODE = re.compile(r"^(?:0o|0)?([0-7]{3,4})$")
 
 
-class PermSpec(NamedTuple):
+class KeySpec(NamedTuple):
     """Final owner, group and mode of every private key of a lineage."""
 
     uid: int
@@ -112,36 +115,35 @@ def parse_mode(value: str, option: str) -> int:
 
 
 def parse_spec(owner: str | None, group: str | None, mode: str | None,
-               option_prefix: str = "--") -> PermSpec:
-    """Validate the three options and return the spec they mean.
+               option_prefix: str = "--", names: tuple[str, str, str] | None = None,
+               all_defaults: bool = False) -> KeySpec:
+    """Validate the three values and return the spec they mean, defaults filled in.
 
-    ``option_prefix`` names the options in errors as the user wrote them
-    (``--perms-`` for the certbot plugin, ``--`` for certbot-perms).
-    Raises :class:`SpecError` naming the option when any of them is unusable.
+    Errors name each value as the user wrote it: ``names`` (owner, group,
+    mode), else ``<option_prefix>key-owner`` and so on (``--perms-`` for the
+    certbot plugin, ``--`` for certbot-perms). Three empty values are refused
+    (nothing to apply) unless ``all_defaults``. Raises :class:`SpecError`.
     """
-    if owner is None and group is None and mode is None:
-        raise SpecError(f"nothing to apply: give {option_prefix}key-group, "
-                        f"{option_prefix}key-owner or {option_prefix}key-mode")
+    where = names or tuple(f"{option_prefix}key-{w}" for w in ("owner", "group", "mode"))
+    if not all_defaults and not any(v and v.strip() for v in (owner, group, mode)):
+        raise SpecError(f"nothing to apply: give {where[1]}, {where[0]} or {where[2]}")
     if owner is not None and owner.strip():
-        uid, owner_name = resolve_user(owner, f"{option_prefix}key-owner")
+        uid, owner_name = resolve_user(owner, where[0])
     else:
         uid = os.geteuid()
         owner_name = name_of_uid(uid)
     if group is not None and group.strip():
-        gid, group_name = resolve_group(group, f"{option_prefix}key-group")
+        gid, group_name = resolve_group(group, where[1])
         default_mode = KEY_MODE_GROUP_READ
     else:
         gid = os.getegid()
         group_name = name_of_gid(gid)
         default_mode = KEY_MODE_OWNER_ONLY
-    if mode is not None and mode.strip():
-        key_mode = parse_mode(mode, f"{option_prefix}key-mode")
-    else:
-        key_mode = default_mode
-    return PermSpec(uid=uid, gid=gid, mode=key_mode, owner_name=owner_name, group_name=group_name)
+    key_mode = parse_mode(mode, where[2]) if mode and mode.strip() else default_mode
+    return KeySpec(uid=uid, gid=gid, mode=key_mode, owner_name=owner_name, group_name=group_name)
 
 
-def exceeds(spec: PermSpec, uid: int, gid: int, mode: int) -> str | None:
+def exceeds(spec: KeySpec, uid: int, gid: int, mode: int) -> str | None:
     """Why a key with this owner, group and mode is readable beyond ``spec``, or None.
 
     Root reads everything anyway, so only the bits that open the key to someone

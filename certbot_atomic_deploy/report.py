@@ -1,0 +1,108 @@
+"""What a run did, and how it is said: the result types and every line the commands print.
+
+Imports no certbot. One line per failure on stderr, each self-contained:
+Certbot shows a failing hook only as "reported error code N" plus its stderr.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from certbot_atomic_deploy.commands import CommandRun
+from certbot_atomic_deploy.config import Config, FileOutput
+from daemon_keys.errors import EXIT_FAILED, EXIT_OK
+
+PROG = "certbot-atomic-deploy"
+
+
+class Outcome:
+    """What a run did to one target. Mutable: a failed check turns it into rolled-back."""
+
+    def __init__(self, target: str, lineage: str | None, status: str, detail: str,
+                 version: int | None = None, serial: str | None = None,
+                 exit_code: int = EXIT_FAILED) -> None:
+        self.target = target
+        self.lineage = lineage
+        self.status = status  # published | unchanged | planned | failed | rolled-back
+        self.detail = detail
+        self.version = version
+        self.serial = serial
+        self.exit_code = exit_code  # of a failure: 2 when a config file is to blame
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("failed", "rolled-back")
+
+
+class RunResult:
+    def __init__(self, outcomes: list[Outcome] | None = None,
+                 commands: list[CommandRun] | None = None) -> None:
+        self.outcomes = outcomes or []
+        self.commands = commands or []
+        self.errors: list[str] = []  # failures that belong to no single target
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not any(o.failed for o in self.outcomes) and all(
+            c.ok for c in self.commands if c.kind == "reload")
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the highest exit code among the failures (2 when a config is to blame)."""
+        if self.ok:
+            return EXIT_OK
+        return max([EXIT_FAILED] + [o.exit_code for o in self.outcomes if o.failed])
+
+
+def failure_lines(result: RunResult) -> list[str]:
+    """One self-contained line per failure, for stderr."""
+    lines = [f"[{o.target}] {o.detail}" for o in result.outcomes if o.failed]
+    # A failed check is told in its target's line; a failed reload stands alone.
+    lines += [f"reload '{c.command}' failed: {c.detail}" for c in result.commands
+              if not c.ok and c.kind == "reload"]
+    return lines + result.errors
+
+
+def print_result(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({
+            "ok": result.ok,
+            "targets": [vars(o) for o in result.outcomes],
+            "commands": [vars(c) for c in result.commands]}, indent=2))
+    else:
+        for o in result.outcomes:
+            if not o.failed:
+                print(f"[{o.target}] {o.status}: {o.detail}")
+        for c in result.commands:
+            if c.ok:
+                print(f"{c.kind} ok: {c.command}")
+    for line in failure_lines(result):
+        print(f"{PROG}: {line}", file=sys.stderr)
+
+
+def print_status(rows: list[dict[str, object]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"[{r['target']}] {r['destination']}: lineage {r['lineage']} v{r['version']} "
+              f"serial {r['serial']} expires {r['not_after']}; {r['detail']}")
+
+
+def print_config(config: Config) -> None:
+    print(f"{config.path}: {len(config.targets)} target(s), state in {config.state_dir}")
+    for t in config.targets:
+        which = (f"lineage {', '.join(t.lineages)}" if t.lineages
+                 else f"the lineage covering {', '.join(t.domains)}")
+        preset = f" (preset {t.preset})" if t.preset else ""
+        print(f"[{t.name}]{preset} {which} -> {t.describe()}; key files "
+              f"{t.key.describe()}, others 0644; keep {t.keep}")
+        if t.domains and t.lineages:
+            print(f"    must cover: {', '.join(t.domains)}")
+        if isinstance(t.output, FileOutput) and t.output.password_file:
+            print(f"    keystore: PKCS#12, password from {t.output.password_file}, alias the "
+                  "lineage name")
+        for c in t.check:
+            print(f"    check: {c}")
+        for c in t.reload:
+            print(f"    reload: {c}")

@@ -1,0 +1,115 @@
+"""One error tree for both commands; each class carries its exit code. Imports only ``os``.
+
+Every message is one self-contained line, "<where>: what is wrong (what to do)":
+Certbot shows a failing hook only as "reported error code N" plus its stderr.
+
+Exit codes, the same for both commands:
+
+====  ==========================================================================
+0     done (``check``: nothing found)
+1     something failed or was found; whatever could be done was done
+2     usage, configuration, or the lock: nothing was changed
+====  ==========================================================================
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class KeysError(Exception):
+    """Root of every error raised on purpose. Exit code 1."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(KeysError):
+    """The command line, a configuration file or a key spec is wrong. Exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """The deploy configuration (or a file it names) is unreadable or invalid."""
+
+
+class SpecError(UsageError):
+    """A key owner, group or mode that cannot be used (unknown, malformed, too open)."""
+
+
+class LockError(UsageError):
+    """Another run holds the lock for too long."""
+
+
+class LineageError(KeysError):
+    """A lineage that does not exist or whose layout cannot be trusted."""
+
+
+class ValidationError(KeysError):
+    """Key or certificate material that must not be published."""
+
+
+class UnsafePathError(KeysError):
+    """A path that cannot be read or written safely (symlink, writable by others, ...)."""
+
+
+class WriteError(KeysError):
+    """A write, rename or sync failed; the destination is left as it was."""
+
+
+class CommandError(KeysError):
+    """A check or reload command failed."""
+
+
+_HINTS = {
+    errno.EBUSY: ("the destination is a mount point (a bind mount?), so nothing can be "
+                  "renamed over it; bind-mount its directory instead, or point the target "
+                  "elsewhere"),
+    errno.EXDEV: ("temp file and destination are on different filesystems (a bind mount?); "
+                  "point the target at a path on one filesystem"),
+    errno.EPERM: "the file may be immutable (lsattr; chattr -i) or the filesystem refuses it",
+    errno.ENOSPC: "the filesystem is full; free space and run again",
+    errno.EDQUOT: "the disk quota is exhausted; free space and run again",
+    errno.EROFS: "the filesystem is mounted read-only",
+    errno.EACCES: "permission denied; run as root",
+    errno.EIO: "an I/O error: check the disk (dmesg) and run again",
+}
+
+
+def describe_os_error(exc: OSError, where: str = "", action: str = "") -> str:
+    """The one line for an ``OSError``: '<where>: <action> failed: <why> (<hint>)'.
+
+    ``where`` defaults to the path the error names; ``action`` may be empty.
+    """
+    where = where or (str(exc.filename) if exc.filename else "")
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    hint = _HINTS.get(exc.errno or 0, "fix the cause and run again")
+    head = f"{where}: " if where else ""
+    doing = f"{action} failed: " if action else ""
+    return f"{head}{doing}{why} ({hint})"
+
+
+def write_failed(where: str, action: str, exc: OSError) -> WriteError:
+    """A :class:`WriteError` in the house format, for a failed step of a write."""
+    return WriteError(describe_os_error(exc, where, action))
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an exception that ends a command: its class's, else 1."""
+    return exc.exit_code if isinstance(exc, KeysError) else EXIT_FAILED
+
+
+def describe_unexpected(exc: BaseException) -> str:
+    """One line for an exception nobody raised on purpose (a bug, or an environment nobody
+    foresaw): what, where, and what to do. Both commands print it instead of a traceback."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    where = (f" in {frames[-1].name} ({os.path.basename(frames[-1].filename)}:"
+             f"{frames[-1].lineno})") if frames else ""
+    return (f"unexpected {type(exc).__name__}: {exc}{where} (the run stopped there; run it "
+            "again with --debug for the traceback, and report it)")
