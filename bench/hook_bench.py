@@ -15,11 +15,17 @@ the same run, on the same machine, with the same interpreter.
 4. ``certbot-perms check`` over 10,000 and 20,000 synthetic lineages (targets:
    at most 1 s, and 20,000 at most 2.2x 10,000);
 5. ``certbot renew --force-renewal`` against pebble with and without ``-i perms``
-   (target: at most 5% overhead).
+   (target: at most 5% overhead);
+6. ``deploy --all`` with 1,000 and 10,000 certbot-shaped lineages, one ``postfix``
+   file target each, all in one destination directory (a hosting box's HAProxy
+   ``crt`` directory): the time per target at 10,000 against the time per target
+   at 1,000, publishing everything and with nothing changed (target: at most
+   1.2x), and the ``getdents64`` calls of a run (each directory listed once).
 
     python bench/hook_bench.py            # everything (about 2 minutes)
     python bench/hook_bench.py --skip-renew
     python bench/hook_bench.py --only deploy,unchanged
+    python bench/hook_bench.py --only shared      # about 2 minutes
 """
 from __future__ import annotations
 
@@ -292,6 +298,62 @@ def bench_check(root: Path, runs: int) -> None:
         "<= 2.2x", ratio <= 2.2)
 
 
+def shared_dir_site(root: Path, lineages: int) -> tuple[Path, Path]:
+    """``lineages`` lineages sharing one key and chain, each with a postfix target in OUT."""
+    config = root / f"le-{lineages}"
+    out = root / f"out-{lineages}"
+    out.mkdir(mode=0o755)
+    key, chain = make_chain(["shared.example.org"])
+    key_pem = pem_of(key)
+    sections = []
+    for i in range(lineages):
+        name = f"host{i}"
+        write_lineage(config, name, 1, key_pem, chain)
+        sections.append(f"[t{i}]\nlineage = {name}\npath = {out}/{name}.pem\n")
+    (config / "atomic-deploy.conf").write_text(
+        "[defaults]\nformat = postfix\nkeep = 1\n\n" + "\n".join(sections))
+    return config, out
+
+
+def _getdents(cmd: list[str], root: Path) -> int:
+    """The getdents64 calls of one run of ``cmd``, counted by strace."""
+    if not shutil.which("strace"):
+        return -1
+    log = root / "getdents.txt"
+    subprocess.run(["strace", "-f", "-c", "-e", "trace=getdents64", "-o", str(log), *cmd],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = re.search(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?getdents64$",
+                      log.read_text(), re.M)
+    return int(found.group(1)) if found else 0
+
+
+def bench_shared(root: Path, runs: int) -> None:
+    per_target: dict[str, dict[int, float]] = {"publish": {}, "unchanged": {}}
+    sizes = (1_000, 10_000)
+    dents = {}
+    for n in sizes:
+        config, out = shared_dir_site(root, n)
+        cmd = [DEPLOY, "--config-dir", str(config), "deploy", "--all"]
+        clear = ["find", str(out), "-mindepth", "1", "-delete"]  # untimed: all to publish
+        publish, _ = timed(cmd, runs, before=clear)
+        unchanged, _ = timed(cmd, runs)
+        per_target["publish"][n] = publish / n
+        per_target["unchanged"][n] = unchanged / n
+        subprocess.run(clear, check=True)
+        dents[n] = _getdents(cmd, root)
+        shutil.rmtree(config)
+        shutil.rmtree(out)
+    for kind, label in (("publish", "publishing every target"),
+                        ("unchanged", "nothing changed")):
+        small, large = (per_target[kind][n] for n in sizes)
+        row(f"deploy --all, one shared directory, {label}: per target, median",
+            f"{small * 1e3:.2f} ms at 1,000, {large * 1e3:.2f} ms at 10,000 = "
+            f"{large / small:.2f}x", "<= 1.2x", large / small <= 1.2)
+    row("deploy --all, one shared directory: getdents64 calls of a publishing run",
+        f"{dents[1_000]} at 1,000 targets, {dents[10_000]} at 10,000",
+        "the directory listed once", None)
+
+
 def bench_renew(root: Path, runs: int) -> None:
     from testbed import Certbot, Pebble
     pebble = Pebble.start(root / "pebble")
@@ -320,8 +382,8 @@ def byte_compile() -> None:
     (or an editable install never imported before) would otherwise time the compiler."""
     subprocess.run([sys.executable, "-c", """
 import compileall, os, sys
-import certbot_atomic_deploy, certbot_perms
-for package in (certbot_atomic_deploy, certbot_perms):
+import certbot_atomic_deploy, certbot_perms, daemon_keys
+for package in (certbot_atomic_deploy, certbot_perms, daemon_keys):
     if not compileall.compile_dir(os.path.dirname(package.__file__), quiet=1):
         sys.exit(1)
 """], check=True, cwd="/")
@@ -332,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=15, help="repeats per timing")
     parser.add_argument("--skip-renew", action="store_true")
     parser.add_argument("--only", default="", metavar="PARTS",
-                        help="comma-separated: deploy, unchanged, syscalls, check, renew")
+                        help="comma-separated: deploy, unchanged, syscalls, check, shared, "
+                             "renew")
     args = parser.parse_args(argv)
     byte_compile()
     root = Path(tempfile.mkdtemp(prefix="hook-bench-"))
@@ -342,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                                ("unchanged", bench_unchanged, args.runs),
                                ("syscalls", bench_syscalls, args.runs),
                                ("check", bench_check, 5),
+                               ("shared", bench_shared, 3),
                                ("renew", bench_renew, 5)):
             if (name == "renew" and args.skip_renew) or (
                     args.only and name not in args.only.split(",")):

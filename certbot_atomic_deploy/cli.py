@@ -23,7 +23,7 @@ from certbot_atomic_deploy.config import FileOutput, load, read_password
 from certbot_atomic_deploy.deploy import Deployer
 from certbot_atomic_deploy.report import PROG, print_config, print_result, print_status
 from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
-from daemon_keys.errors import EXIT_FAILED, EXIT_OK, UsageError
+from daemon_keys.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS, UsageError
 
 if TYPE_CHECKING:
     import argparse
@@ -31,6 +31,31 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 CONFIG_NAME = "atomic-deploy.conf"
 DEFAULT_LOCK_TIMEOUT = 120.0
+MAN_SUMMARY = "validate a Certbot lineage and publish it atomically where each daemon wants it"
+# The man page's sections after the options (scripts/manpages; man/certbot-atomic-deploy.1).
+MAN_SECTIONS = (
+    ("Examples", """certbot renew --deploy-hook certbot-atomic-deploy (or the script in
+CONFIG_DIR/renewal-hooks/deploy/): deploys the renewed lineage's targets.
+
+certbot-atomic-deploy check-config; certbot-atomic-deploy deploy --all --dry-run
+
+certbot-atomic-deploy status --json (exit 1 when a target is not in sync)
+
+certbot-atomic-deploy rollback postfix"""),
+    ("Configuration", """CONFIG_DIR/atomic-deploy.conf holds one section per target:
+lineage = NAME or domains = GLOB; path = FILE with format = key, cert, chain,
+fullchain, postfix (key, then the full chain), haproxy (full chain, then the key) or
+pkcs12 (with password_file), or directory = DIR (current -> vN/ holding every format);
+owner, group, mode (of files that hold the key; at most 0640); check and reload
+commands; keep; preset = postfix, dovecot, exim, haproxy, nginx, apache, ... A
+[defaults] section applies to every target."""),
+    ("Exit status", EXIT_STATUS),
+    ("Files", """CONFIG_DIR/atomic-deploy.conf: the targets.
+
+CONFIG_DIR/atomic-deploy.state/: state.json (what each target holds, for status and
+rollback) and the run lock, mode 0700."""),
+    ("See also", "certbot(1), certbot-perms(1)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

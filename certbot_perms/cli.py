@@ -18,11 +18,30 @@ from certbot_perms.audit import as_json, audit
 from certbot_perms.lineage import apply_key_permissions, split_lineage_ref
 from certbot_perms.records import record_spec, spec_for
 from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
-from daemon_keys.errors import EXIT_FAILED, EXIT_OK, UsageError
+from daemon_keys.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS, UsageError
 from daemon_keys.keyspec import KeySpec, parse_spec
 
 PROG = "certbot-perms"
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
+MAN_SUMMARY = "give Certbot's private keys the owner, group and mode their daemons need, and audit them"
+# The man page's sections after the options (scripts/manpages; man/certbot-perms.1).
+MAN_SECTIONS = (
+    ("Examples", """certbot-perms apply --key-group ssl-cert mail.example.org
+
+certbot certonly ... --deploy-hook 'certbot-perms apply' (re-applies the recorded spec)
+
+certbot run -a standalone -i perms --perms-key-group ssl-cert -d mail.example.org
+(the installer: the spec is kept in the lineage's renewal configuration)
+
+certbot-perms check --json (exit 1 when anything is found; --fix tightens it)"""),
+    ("Exit status", EXIT_STATUS),
+    ("Files", """CONFIG_DIR/certbot-perms/NAME.conf: the key spec recorded by apply with
+options, for lineages whose installer is not perms.
+
+CONFIG_DIR/renewal/NAME.conf: certbot's own record; with installer = perms it holds
+perms_key_owner, perms_key_group and perms_key_mode."""),
+    ("See also", "certbot(1), certbot-atomic-deploy(1), setfacl(1), acl(5)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ Exit codes, the same for both commands:
 ====  ==========================================================================
 0     done (``check``: nothing found)
 1     something failed or was found; whatever could be done was done
-2     usage, configuration, or the lock: nothing was changed
+2     usage, configuration, or the lock (a run that stops on it changed nothing)
 ====  ==========================================================================
 """
 from __future__ import annotations
@@ -19,6 +19,15 @@ import os
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# The table above, for both commands' man pages.
+EXIT_STATUS = """0: done (check: nothing found).
+
+1: something failed or was found; whatever could be done was done, and stderr
+has one line per failure.
+
+2: usage, a configuration file (or a file it names) or a key spec, or the lock.
+A command that stops on it has changed nothing; a deploy run whose error
+concerns one target still publishes the others."""
 
 
 class KeysError(Exception):

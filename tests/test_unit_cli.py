@@ -6,9 +6,14 @@ so nothing here needs a chown that only root may do.
 """
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
 import os
+import re
+import shutil
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -209,3 +214,89 @@ def test_perms_apply_gives_every_key_of_the_lineage_the_spec(
         st = (own_site / "le" / "archive" / "mail" / f"privkey{version}.pem").stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, ME, MY_GROUP)
     assert "keys are" in out
+
+
+COMMANDS = {"certbot-perms": perms_cli, "certbot-atomic-deploy": deploy_cli}
+
+
+@pytest.mark.parametrize("prog", sorted(COMMANDS))
+def test_both_commands_answer_version_and_exit_2_on_a_usage_error(
+        prog: str, capsys: pytest.CaptureFixture[str]) -> None:
+    main = COMMANDS[prog].main
+    with pytest.raises(SystemExit) as version:
+        main(["--version"])
+    out = capsys.readouterr().out
+    distribution = importlib.metadata.version("certbot-daemon-keys")
+    assert version.value.code == 0 and out.strip() == f"{prog} {distribution}"
+    command = "check" if prog == "certbot-perms" else "status"
+    with pytest.raises(SystemExit) as usage:
+        main([command, "--no-such-option"])
+    assert usage.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_config_dir_is_taken_before_or_after_the_command(
+        own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    le = str(own_site / "le")
+    conf(own_site, f"[mail]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = postfix\n")
+    before = run(capsys, deploy_cli.main, "--config-dir", le, "check-config")
+    after = run(capsys, deploy_cli.main, "check-config", "--config-dir", le)
+    assert before[0] == 0 and before == after and f"{le}/atomic-deploy.conf" in before[1]
+    # given in both places, the one after the command wins; given nowhere, the default
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", "/nonexistent",
+                          "check-config", "--config-dir", le)
+    assert (code, err) == (0, [])
+    perms_before = run(capsys, perms_cli.main, "--config-dir", le, "check", "--json")
+    perms_after = run(capsys, perms_cli.main, "check", "--json", "--config-dir", le)
+    assert perms_before == perms_after
+    assert json.loads(perms_before[1])["config_dir"] == le
+
+
+def test_the_same_exit_code_table_in_both_commands(
+        own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    le = str(own_site / "le")
+    conf(own_site, f"[mail]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = postfix\n")
+    # a name that is not there: usage (2), one line, in both
+    code, _out, err = run(capsys, perms_cli.main, "apply", "--config-dir", le,
+                          "--key-mode", "0600", "no-such-lineage")
+    assert code == 2 and len(err) == 1 and "no such lineage" in err[0]
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", le, "rollback", "nope")
+    assert code == 2 and len(err) == 1 and "no target [nope]" in err[0]
+    # something that failed: 1, in both
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", le, "rollback", "mail")
+    assert code == 1 and len(err) == 1 and "no earlier version is kept" in err[0]
+    (own_site / "le" / "live" / "mail" / "privkey.pem").unlink()
+    code, _out, err = run(capsys, perms_cli.main, "apply", "--config-dir", le,
+                          "--key-mode", "0600", "mail")
+    assert code == 1 and len(err) == 1 and "privkey.pem: missing" in err[0]
+
+
+MAN = Path(__file__).resolve().parent.parent / "man"
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    found = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+@pytest.mark.parametrize("prog", sorted(COMMANDS))
+def test_the_man_page_names_every_option_and_no_other(prog: str) -> None:
+    page = (MAN / f"{prog}.1").read_text()
+    in_page = {m.replace("\\-", "-") for m in re.findall(r"\\fB(\\-[^\\ ]*(?:\\-[^\\ ]*)*)"
+                                                           r"\\fR", page)}
+    assert in_page == _option_strings(COMMANDS[prog].build_parser()), (
+        "man/ is out of date: run scripts/manpages")
+    distribution = importlib.metadata.version("certbot-daemon-keys")
+    assert f'"certbot-daemon-keys {distribution}"' in page.splitlines()[0]
+    # and the page renders with no warning, where man is installed
+    if shutil.which("man"):
+        shown = subprocess.run(["man", "--warnings", "-l", str(MAN / f"{prog}.1")],
+                               capture_output=True, text=True,
+                               env={"MANWIDTH": "80", "PATH": os.environ["PATH"]})
+        assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+        assert "EXIT STATUS" in shown.stdout
