@@ -17,8 +17,8 @@ A read is *good* when key and certificate belong to the same published version
 belong to two versions, *missing* when a file was absent, *partial* when the
 bytes were no complete version at all.
 
-    python bench/mixed_read.py                                 # the full table (~3 minutes)
-    python bench/mixed_read.py --publishes 200 --seconds 2     # a quick look
+    python -m bench.mixed_read                                 # the full table (~3 minutes)
+    python -m bench.mixed_read --publishes 200 --seconds 2     # a quick look
 """
 from __future__ import annotations
 
@@ -31,38 +31,25 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from helpers import make_chain, pem_of
+from typing import TYPE_CHECKING
 
 from certbot_atomic_deploy.pem import DIRECTORY_FILES
 from certbot_atomic_deploy.publish import NewFile, publish_directory, publish_file
 from daemon_keys.fs import Leftovers
+from tests.support.pki import Pair, make_pair
 
 VERSIONS = 4  # distinct key/cert pairs the writers cycle through
 KEY_END = b"-----END PRIVATE KEY-----\n"
 
 
-@dataclass(frozen=True)
-class Pair:
-    key: bytes
-    cert: bytes   # leaf only
-    chain: bytes  # intermediates
-
-    @property
-    def fullchain(self) -> bytes:
-        return self.cert + self.chain
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
+    from multiprocessing.synchronize import Event
 
 
 def make_pairs(n: int = VERSIONS) -> list[Pair]:
-    from cryptography.hazmat.primitives import serialization
-    pairs = []
-    for i in range(n):
-        key, chain = make_chain([f"v{i}.example.org"])
-        pems = [c.public_bytes(serialization.Encoding.PEM) for c in chain]
-        pairs.append(Pair(pem_of(key), pems[0], b"".join(pems[1:])))
-    return pairs
+    """``n`` distinct versions to cycle through, each its own key and chain."""
+    return [make_pair([f"v{i}.example.org"]) for i in range(n)]
 
 
 # -- writers ---------------------------------------------------------------
@@ -134,8 +121,8 @@ class Writer:
         self.count += 1
 
 
-def write_loop(kind: str, root: str, pairs: list[Pair], rate: float, stop: mp.Event,
-               started: mp.Event, published: mp.Value) -> None:  # type: ignore[type-arg]
+def write_loop(kind: str, root: str, pairs: list[Pair], rate: float, stop: Event,
+               started: Event, published: Synchronized[int]) -> None:
     writer = Writer(kind, Path(root), pairs)
     started.set()
     i = 1
@@ -158,7 +145,7 @@ def write_loop(kind: str, root: str, pairs: list[Pair], rate: float, stop: mp.Ev
 def _read(path: str, dir_fd: int | None = None) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -169,7 +156,7 @@ def _read(path: str, dir_fd: int | None = None) -> bytes:
 
 
 def read_loop(style: str, paths: dict[str, str], pairs: list[Pair], reads: int,
-              min_reads: int, stop: mp.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+              min_reads: int, stop: Event, out: mp.Queue[dict[str, int]]) -> None:
     key_id = {p.key: i for i, p in enumerate(pairs)}
     cert_id = {p.fullchain: i for i, p in enumerate(pairs)}
     counts = {"reads": 0, "mismatch": 0, "missing": 0, "partial": 0}

@@ -15,8 +15,8 @@ mismatched pair and disabled TLS) or the TLS handshake breaks (a missing file).
 A completed handshake proves the server held the key of the certificate it
 served, and the served certificate must be one of the published versions.
 
-    python bench/storm.py                       # 10,000 connections per row
-    python bench/storm.py --connections 1000
+    python -m bench.storm                       # 10,000 connections per row
+    python -m bench.storm --connections 1000
 """
 from __future__ import annotations
 
@@ -29,18 +29,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from daemons import postfix
-from mixed_read import Pair, Writer, make_pairs
-
+from bench.mixed_read import Writer, make_pairs
 from certbot_atomic_deploy.publish import NewFile, publish_file
+from tests.support.daemons import postfix
+from tests.support.pki import Pair
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
+    from multiprocessing.synchronize import Event
 
 
-def renew_loop(root: str, pairs: list[Pair], ours: bool, stop: mp.Event,
-               started: mp.Event, count: mp.Value) -> None:  # type: ignore[type-arg]
+def renew_loop(root: str, pairs: list[Pair], ours: bool, stop: Event,
+               started: Event, count: Synchronized[int]) -> None:
     certbot = Writer("certbot", Path(root), pairs)
     combined = Writer("file", Path(root), pairs) if ours else None
     started.set()
@@ -57,7 +59,7 @@ def renew_loop(root: str, pairs: list[Pair], ours: bool, stop: mp.Event,
 
 
 def client_loop(port: int, connections: int, known: set[bytes],
-                out: mp.Queue) -> None:  # type: ignore[type-arg]
+                out: mp.Queue[dict[str, int]]) -> None:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

@@ -4,10 +4,18 @@ Imports no certbot and no cryptography. Lives in the state directory beside
 the config (``atomic-deploy.state/`` for ``atomic-deploy.conf``), mode 0700:
 
 - ``state.json`` (0600): per target, the current publish (lineage, archive
-  version, serial, expiry, names), the kept older ones, and for file targets
-  their bytes, so ``rollback`` can restore them (a versioned directory keeps
-  its own ``vN/``);
+  version, serial, expiry, names) and the kept older ones: records only, a
+  few hundred bytes a target;
+- ``kept/<target>.<seq>`` (0600): the bytes of a file target's publish, kept so
+  ``rollback`` can restore them (a versioned directory keeps its own ``vN/``).
+  Each is written once, when its target is published, and removed when its
+  record is no longer kept; a run that publishes one target of 10,000 writes
+  one of them, not 10,000;
 - ``lock``: ``flock``-ed by every run that writes, so runs never interleave.
+
+:meth:`StateDir.flush` writes in an order that a crash at any point leaves
+consistent: the new kept copies (each fsync'd, then the directory), then
+``state.json`` by atomic replace, then the removal of copies no record names.
 """
 from __future__ import annotations
 
@@ -15,28 +23,22 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from daemon_keys.atomicfile import open_for_writing, write_file_atomic
-from daemon_keys.errors import KeysError, LockError
-from daemon_keys.fs import Leftovers
+from daemon_keys.atomicfile import open_for_writing, write_file_atomic, write_new_file
+from daemon_keys.errors import KeysError, LockError, write_failed
+from daemon_keys.fs import READ_DIR, Leftovers, read_regular
 
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
 STATE_FILE = "state.json"
+KEPT_DIR = "kept"
+MAX_KEPT_BYTES = 1 << 22
 LOCK_POLL = 0.1
-
-
-_BINARY = "base64:"
-
-
-def _as_text(data: bytes) -> str:
-    if data.startswith(b"-----BEGIN "):
-        return data.decode("ascii")
-    import base64
-    return _BINARY + base64.b64encode(data).decode("ascii")
+_KEPT_NAME = re.compile(r"^(.+)\.([0-9]+)$")
 
 
 class Record(NamedTuple):
@@ -48,32 +50,30 @@ class Record(NamedTuple):
     names: list[str]
     published_at: str
     # pkcs12 targets, whose bytes are not reproducible: the fingerprint of what went
-    # in (see pkcs12.fingerprint) and the sha256 of the bytes written.
+    # in (see pem.keystore_fingerprint) and the sha256 of the bytes written.
     source: str | None = None
     digest: str | None = None
 
 
 class TargetState:
-    def __init__(self, current: Record | None = None, history: list[Record] | None = None,
-                 files: dict[int, str] | None = None) -> None:
+    def __init__(self, current: Record | None = None,
+                 history: list[Record] | None = None) -> None:
         self.current = current
         self.history = history or []  # older publishes, oldest first
-        # file targets: seq -> the published bytes (PEM text, or "base64:..." if binary)
-        self.files = files or {}
+
+    def seqs(self) -> set[int]:
+        return {r.seq for r in self.history} | ({self.current.seq} if self.current else set())
 
 
 class StateDir:
-    """The state directory; every target's record lives in one ``state.json``.
-
-    One file, so a run writes its records with one atomic replace (one fsync of
-    the file, one rename, one fsync of the directory), whatever the number of
-    targets. Loaded once per run, written by :meth:`flush`.
-    """
+    """The state directory: every target's record in one ``state.json``, loaded once per
+    run and written by :meth:`flush` with one atomic replace; kept bytes beside it."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._targets: dict[str, TargetState] | None = None
         self._dirty = False
+        self._new_copies: dict[tuple[str, int], bytes] = {}  # written by flush
 
     @property
     def file(self) -> str:
@@ -87,12 +87,14 @@ class StateDir:
             try:
                 with open(self.file, encoding="utf-8") as f:
                     raw = json.load(f)
-                self._targets = {
-                    name: TargetState(
+                self._targets = {}
+                for name, t in raw.get("targets", {}).items():
+                    self._targets[name] = TargetState(
                         current=Record(**t["current"]) if t.get("current") else None,
-                        history=[Record(**r) for r in t.get("history", [])],
-                        files={int(k): v for k, v in t.get("files", {}).items()})
-                    for name, t in raw.get("targets", {}).items()}
+                        history=[Record(**r) for r in t.get("history", [])])
+                    for seq, text in t.get("files", {}).items():  # 0.1.0 kept them inline
+                        self._new_copies[(name, int(seq))] = _legacy_bytes(text)
+                        self._dirty = True
             except FileNotFoundError:
                 self._targets = {}
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -108,39 +110,82 @@ class StateDir:
         """Record ``state`` (in memory until :meth:`flush`); keep ``file_bytes`` for rollback."""
         state.history = state.history[-keep:] if keep else []
         if file_bytes is not None and state.current is not None:
-            state.files[state.current.seq] = _as_text(file_bytes)
-        kept = {r.seq for r in state.history} | ({state.current.seq} if state.current else set())
-        state.files = {seq: text for seq, text in state.files.items() if seq in kept}
+            self._new_copies[(target, state.current.seq)] = file_bytes
         self._all()[target] = state
         self._dirty = True
 
     def flush(self) -> None:
-        """Write every record with one atomic replace, if anything changed."""
+        """Write what changed: new kept copies, then ``state.json``, then drop old copies."""
         if not self._dirty:
             return
+        targets = self._all()
+        wanted = {(name, seq) for name, t in targets.items() for seq in t.seqs()}
         body = json.dumps({"targets": {
             name: {"current": t.current._asdict() if t.current else None,
-                   "history": [r._asdict() for r in t.history],
-                   "files": {str(k): v for k, v in t.files.items()}}
-            for name, t in sorted(self._all().items())}}, indent=1).encode()
+                   "history": [r._asdict() for r in t.history]}
+            for name, t in sorted(targets.items())}},
+            separators=(",", ":")).encode()  # compact: the C encoder (indent is Python's)
         fd = self._open()
         try:
-            Leftovers().remove(fd, STATE_FILE)
-            write_file_atomic(fd, STATE_FILE, body, uid=os.geteuid(), gid=os.getegid(),
-                              mode=STATE_FILE_MODE, where=self.file)
+            kept_fd = self._kept_dir(fd)
+            try:
+                self._write_copies(kept_fd, wanted)
+                Leftovers().remove(fd, STATE_FILE)
+                write_file_atomic(fd, STATE_FILE, body, uid=os.geteuid(), gid=os.getegid(),
+                                  mode=STATE_FILE_MODE, where=self.file)
+                self._drop_copies(kept_fd, wanted)
+            finally:
+                os.close(kept_fd)
         finally:
             os.close(fd)
+        self._new_copies.clear()
         self._dirty = False
 
+    def _kept_dir(self, fd: int) -> int:
+        try:
+            os.mkdir(KEPT_DIR, STATE_DIR_MODE, dir_fd=fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise write_failed(os.path.join(self.path, KEPT_DIR), "creating the directory",
+                               exc) from None
+        return os.open(KEPT_DIR, READ_DIR, dir_fd=fd)
+
+    def _write_copies(self, kept_fd: int, wanted: set[tuple[str, int]]) -> None:
+        written = False
+        for (name, seq), data in sorted(self._new_copies.items()):
+            if (name, seq) not in wanted:
+                continue  # published and dropped in one run (keep = 0)
+            copy = f"{name}.{seq}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(copy, dir_fd=kept_fd)  # a crashed run's copy of the same seq
+            write_new_file(kept_fd, copy, data, uid=os.geteuid(), gid=os.getegid(),
+                           mode=STATE_FILE_MODE, where=os.path.join(self.path, KEPT_DIR, copy))
+            written = True
+        if written:
+            os.fsync(kept_fd)
+
+    def _drop_copies(self, kept_fd: int, wanted: set[tuple[str, int]]) -> None:
+        """Remove every copy no record names (listing ``kept/`` once)."""
+        dropped = False
+        for entry in os.listdir(kept_fd):
+            match = _KEPT_NAME.match(entry)
+            if match and (match.group(1), int(match.group(2))) not in wanted:
+                os.unlink(entry, dir_fd=kept_fd)
+                dropped = True
+        if dropped:
+            os.fsync(kept_fd)
+
     def file_version(self, target: str, seq: int) -> bytes:
-        text = self.load(target).files.get(seq)
-        if text is None:
+        """The bytes a file target held at publish ``seq``."""
+        self._all()  # a 0.1.0 state holds its copies inline: loading it reads them
+        if (target, seq) in self._new_copies:
+            return self._new_copies[(target, seq)]
+        copy = os.path.join(self.path, KEPT_DIR, f"{target}.{seq}")
+        if not os.path.exists(copy):
             raise KeysError(f"{self.file}: publish {seq} of [{target}] is no longer kept; "
                             "cannot roll back to it")
-        if text.startswith(_BINARY):
-            import base64
-            return base64.b64decode(text[len(_BINARY):])
-        return text.encode("ascii")
+        return read_regular(copy, limit=MAX_KEPT_BYTES, where=copy)[1]
 
     @contextlib.contextmanager
     def lock(self, timeout: float) -> Iterator[None]:
@@ -167,3 +212,11 @@ class StateDir:
             yield
         finally:
             os.close(lock_fd)  # closing releases the flock
+
+
+def _legacy_bytes(text: str) -> bytes:
+    """A kept copy as 0.1.0 stored it in state.json: PEM text, or "base64:..." if binary."""
+    if text.startswith("base64:"):
+        import base64
+        return base64.b64decode(text[len("base64:"):])
+    return text.encode("ascii")

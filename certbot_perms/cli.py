@@ -23,7 +23,8 @@ from daemon_keys.keyspec import KeySpec, parse_spec
 
 PROG = "certbot-perms"
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
-MAN_SUMMARY = "give Certbot's private keys the owner, group and mode their daemons need, and audit them"
+MAN_SUMMARY = ("give Certbot's private keys the owner, group and mode their daemons need, "
+               "and audit them")
 # The man page's sections after the options (scripts/manpages; man/certbot-perms.1).
 MAN_SECTIONS = (
     ("Examples", """certbot-perms apply --key-group ssl-cert mail.example.org

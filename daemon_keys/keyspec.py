@@ -16,6 +16,7 @@ Rules (a key is a secret, the mode may only ever narrow what the daemon needs):
 """
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -56,6 +57,7 @@ class KeySpec(NamedTuple):
                 "key-mode": f"{self.mode:04o}"}
 
 
+@functools.lru_cache(maxsize=None)  # a config of 10,000 targets names a few users
 def name_of_uid(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -63,11 +65,22 @@ def name_of_uid(uid: int) -> str:
         return str(uid)
 
 
+@functools.lru_cache(maxsize=None)
 def name_of_gid(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+@functools.lru_cache(maxsize=None)  # a miss raises KeyError, which is not cached
+def _uid_of(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+@functools.lru_cache(maxsize=None)
+def _gid_of(name: str) -> int:
+    return grp.getgrnam(name).gr_gid
 
 
 def resolve_user(value: str, option: str) -> tuple[int, str]:
@@ -77,7 +90,7 @@ def resolve_user(value: str, option: str) -> tuple[int, str]:
         uid = int(value)
         return uid, name_of_uid(uid)
     try:
-        return pwd.getpwnam(value).pw_uid, value
+        return _uid_of(value), value
     except KeyError:
         raise SpecError(f"{option}: user '{value}' does not exist "
                         "(create it, or give a numeric uid)") from None
@@ -90,7 +103,7 @@ def resolve_group(value: str, option: str) -> tuple[int, str]:
         gid = int(value)
         return gid, name_of_gid(gid)
     try:
-        return grp.getgrnam(value).gr_gid, value
+        return _gid_of(value), value
     except KeyError:
         raise SpecError(f"{option}: group '{value}' does not exist (create it, e.g. "
                         "'groupadd --system NAME', or give a numeric gid)") from None

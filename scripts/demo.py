@@ -23,13 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from testbed import Certbot, Pebble
+from tests.support.testbed import Certbot, Pebble
+from tests.support.users import NOBODY, run_as
 
 BIN = Path(sys.executable).parent
 DEMO_GROUP = "cdk-demo"
-NOBODY = "65534"
 
 
 def say(text: str) -> None:
@@ -53,10 +51,9 @@ def describe_keys(certbot: Certbot, name: str) -> None:
         print(f"  {key.relative_to(certbot.config_dir)}: owner {pwd.getpwuid(st.st_uid).pw_name}"
               f" group {grp.getgrgid(st.st_gid).gr_name} mode {stat.S_IMODE(st.st_mode):04o}")
     live_key = str(certbot.live(name) / "privkey.pem")
-    for label, creds in ((f"nobody in group {DEMO_GROUP}", [f"--groups={DEMO_GROUP}"]),
-                         ("nobody without it", ["--clear-groups"])):
-        rc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", *creds,
-                             "head", "-c", "0", live_key], capture_output=True).returncode
+    for label, groups in ((f"nobody in group {DEMO_GROUP}", [DEMO_GROUP]),
+                          ("nobody without it", None)):
+        rc = run_as(NOBODY, NOBODY, groups, "head", "-c", "0", live_key).returncode
         print(f"  {label} reading live/{name}/privkey.pem: {'yes' if rc == 0 else 'denied'}")
 
 

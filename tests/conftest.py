@@ -11,16 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import NOBODY, make_site
 
-from testbed import Certbot, Pebble
-
-REPORTS: list[str] = []
-
-
-def report(line: str) -> None:
-    """A figure to print at the end of the run (coverage of fault injection, read counts)."""
-    REPORTS.append(line)
+from tests.support.figures import REPORTS
+from tests.support.site import make_site
+from tests.support.testbed import Certbot, Pebble
+from tests.support.users import NOBODY, run_as
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -34,16 +29,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # parsing, PEM, validation, keystores, atomic writes in the user's own temp dirs, exit
 # codes; it is what a distribution's package build runs. The root tier (marker "root")
 # changes real owners, creates real users and groups, runs readers as other uids, runs
-# the real certbot against pebble and real daemons. A test is in the root tier when it
-# says so or when it takes one of these fixtures.
-ROOT_FIXTURES = frozenset({"pebble", "certbot", "site", "open_tmp", "group", "user"})
+# the real certbot against pebble and real daemons. Markers are applied here, from the
+# fixtures a test takes (the names of the fixtures below): one that takes the certbot or
+# pebble fixture is certbot-facing ("certbot", run on every certbot row); one that takes
+# any of ROOT_FIXTURES, or is certbot-facing, needs root. A test that needs either
+# without such a fixture says so with the marker.
+CERTBOT_FIXTURES = frozenset({"pebble", "certbot"})
+ROOT_FIXTURES = CERTBOT_FIXTURES | {"site", "open_tmp", "group", "user", "outsider_python"}
 ROOT_ONLY = ("needs root (real owners, users, groups, certbot and pebble): "
              "the root tier; run the suite as root for it")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if ROOT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & CERTBOT_FIXTURES:
+            item.add_marker(pytest.mark.certbot)
+        if fixtures & ROOT_FIXTURES or item.get_closest_marker("certbot") is not None:
             item.add_marker(pytest.mark.root)
     if os.geteuid() != 0:
         skip = pytest.mark.skip(reason=ROOT_ONLY)
@@ -121,9 +123,7 @@ def outsider_python() -> str:
     A row whose Python lives under root's 0700 home (pyenv's) cannot run a reader
     or a certbot as uid 65534; Debian's /usr/bin/python3 and venvs over it can.
     """
-    probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                            "--clear-groups", sys.executable, "-c", "pass"],
-                           capture_output=True, text=True, timeout=30)
+    probe = run_as(NOBODY, NOBODY, None, sys.executable, "-c", "pass")
     if probe.returncode != 0:
         why = (probe.stderr.strip().splitlines() or ["no output"])[-1]
         pytest.skip(f"uid {NOBODY} cannot run this row's interpreter {sys.executable} ({why})")

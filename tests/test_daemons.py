@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemons import (
+
+from tests.support.daemons import (
     Daemon,
     dovecot,
     haproxy,
@@ -25,9 +25,9 @@ from daemons import (
     seed,
     served_serial,
 )
-from helpers import DEPLOY, deploy, mode_of, write_conf
-
-from testbed import Certbot
+from tests.support.procs import wait_until
+from tests.support.site import DEPLOY, deploy, mode_of, write_conf
+from tests.support.testbed import Certbot
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(
     not all(shutil.which(d, path="/usr/sbin:/usr/bin") for d in
@@ -125,10 +125,4 @@ def test_dovecot_on_a_versioned_directory_through_a_renewal(certbot: Certbot,
 
 def _eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
     """A reload is asynchronous in the daemon: poll (bounded) until ``check()`` holds."""
-    deadline = time.monotonic() + seconds
-    while True:
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("the daemon did not serve the new certificate in time")
-        time.sleep(0.2)
+    wait_until(check, seconds, "the daemon serving the new certificate", interval=0.2)

@@ -1,6 +1,6 @@
 """Exposure watch: while keys are published or renewed, an outsider never reads key bytes.
 
-A watcher (tests/watcher.py) runs as uid 65534 with no groups, outside every
+A watcher (tests/support/watcher.py) runs as uid 65534 with no groups, outside every
 spec here, scanning the published files (and certbot's live/ and archive/) in a
 tight loop and counting every read that returns private key bytes. It must
 count zero. Deploys run in-process through the real Deployer, so a thousand of
@@ -13,25 +13,26 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
-from conftest import report
-from helpers import NOBODY, make_chain, pem_of, write_conf, write_lineage
+from typing import Any
 
 from certbot_atomic_deploy.config import load
 from certbot_atomic_deploy.deploy import Deployer
-from testbed import Certbot
+from tests.support import watcher
+from tests.support.figures import report
+from tests.support.pki import make_chain, pem_of
+from tests.support.site import write_conf, write_lineage
+from tests.support.testbed import Certbot
+from tests.support.users import NOBODY, as_user
 
-WATCHER = str(Path(__file__).parent / "watcher.py")
+WATCHER = str(Path(watcher.__file__))
 
 
 @contextmanager
 def outsider_watching(python: str, roots: list[Path], stop: Path
-                      ) -> Iterator[dict[str, object]]:
-    result: dict[str, object] = {}
+                      ) -> Iterator[dict[str, Any]]:
+    result: dict[str, Any] = {}
     proc = subprocess.Popen(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         python, WATCHER, "--stop", str(stop), *map(str, roots)],
+        [*as_user(NOBODY, NOBODY), python, WATCHER, "--stop", str(stop), *map(str, roots)],
         stdout=subprocess.PIPE, text=True)
     try:
         yield result
@@ -41,7 +42,6 @@ def outsider_watching(python: str, roots: list[Path], stop: Path
         result.update(json.loads(out))
 
 
-@pytest.mark.nocertbot
 def test_no_outsider_read_during_many_deploys(site: Path, group: str,
                                               outsider_python: str) -> None:
     deploys = 1000

@@ -11,6 +11,14 @@ process (``signal=KILL``). After each run:
 - a failing run exits non-zero with only one-line messages, no traceback;
 - the next normal run succeeds, publishes the new version, leaves no temp file.
 
+Every call named in ERRNO must occur on the site in the baseline: a call the
+deploy stopped making would otherwise pass with nothing injected.
+
+Random SIGKILLs come at a moment drawn uniformly over the measured length of a
+deploy; a draw that comes after the run ended is drawn again, halved, so each
+of the rounds kills a running deploy, and the test counts how many of them
+landed after the run had begun changing the site.
+
 Set CERTBOT_DAEMON_KEYS_SLOW=1 to kill at every occurrence of every call, and
 to add 200 SIGKILLs at random moments (20 by default).
 """
@@ -30,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import report
-from helpers import key_matches_cert, make_chain, pem_of, write_lineage
 
-pytestmark = pytest.mark.nocertbot
+from tests.support.figures import report
+from tests.support.pki import key_matches_cert, make_chain, pem_of
+from tests.support.site import write_lineage
+
 DEPLOY = str(Path(sys.executable).parent / "certbot-atomic-deploy")
 SLOW = os.environ.get("CERTBOT_DAEMON_KEYS_SLOW") == "1"
 KEY_GID = 4242  # a numeric group with no name: the directory target's key group
@@ -209,6 +218,8 @@ def _exposure(work: Path, label: str) -> list[str]:
 def test_every_occurrence_of_a_failing_syscall_leaves_targets_whole(
         site: Site, points: dict[str, list[int]], syscall: str) -> None:
     occurrences = points.get(syscall, [])
+    assert occurrences, (f"the deploy made no {syscall} call on the site: nothing would be "
+                         "injected (drop it from ERRNO, or find why the run stopped making it)")
     kills = occurrences if (SLOW or syscall in MUTATING) else []
     problems: list[str] = []
     for k in occurrences:
@@ -222,19 +233,51 @@ def test_every_occurrence_of_a_failing_syscall_leaves_targets_whole(
     assert problems == []
 
 
+def _deploy_seconds(site: Site, runs: int = 5) -> float:
+    """The median wall time of a whole deploy of a fresh copy, start to exit."""
+    times = []
+    for _ in range(runs):
+        work = _fresh(site)
+        t0 = time.perf_counter()
+        assert _deploy(work).returncode == 0
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def _kill_at(site: Site, delay: float) -> tuple[Path, subprocess.CompletedProcess[str], bool]:
+    """A deploy of a fresh copy, SIGKILLed ``delay`` seconds after it started if it still
+    runs; returns the copy, the run, and whether the kill landed."""
+    work = _fresh(site)
+    proc = subprocess.Popen([DEPLOY, "--config-dir", str(work / "le"), "deploy", "--all"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    landed = proc.poll() is None
+    if landed:
+        os.kill(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    return work, subprocess.CompletedProcess(proc.args, proc.returncode, out, err), landed
+
+
 def test_sigkill_at_random_moments_leaves_targets_whole(site: Site) -> None:
     rng = random.Random(20261122)
     rounds = 200 if SLOW else 20
+    length = _deploy_seconds(site)
     problems: list[str] = []
+    killed = mid_change = redrawn = 0
     for i in range(rounds):
-        work = _fresh(site)
-        proc = subprocess.Popen([DEPLOY, "--config-dir", str(work / "le"), "deploy", "--all"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.0, 0.4))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-        run = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-        problems += _check_after(site, work, run, f"random kill #{i}")
-    report(f"random SIGKILL: {rounds} runs, {len(problems)} broken")
+        delay = rng.uniform(0.0, length)
+        work, run, landed = _kill_at(site, delay)
+        while not landed:  # this run was quicker than the draw: kill the next one sooner
+            redrawn += 1
+            delay /= 2
+            work, run, landed = _kill_at(site, delay)
+        killed += run.returncode == -signal.SIGKILL
+        mid_change += _targets(work) != site.old or bool(
+            [p for p in (work / "out").rglob("*.tmp")])
+        problems += _check_after(site, work, run, f"random kill #{i} at {delay * 1e3:.0f} ms")
+    report(f"random SIGKILL: {rounds} rounds over a {length * 1e3:.0f} ms deploy, {killed} "
+           f"killed a running deploy ({redrawn} draws came after the run ended and were "
+           f"halved), {mid_change} after it had begun changing the targets; "
+           f"{len(problems)} broken")
+    assert killed == rounds
     assert problems == []

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import (
-    NOBODY,
+
+from tests.support.site import (
     basic_conf,
     deploy,
     new_version,
@@ -21,8 +21,7 @@ from helpers import (
     temp_files,
     write_conf,
 )
-
-pytestmark = pytest.mark.nocertbot
+from tests.support.users import NOBODY
 
 
 @pytest.fixture

@@ -8,15 +8,11 @@ check does catch bad pairs.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-from conftest import report
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-import mixed_read
+from bench import mixed_read
+from tests.support.figures import report
+from tests.support.pki import Pair
 
 pytestmark = pytest.mark.root  # the writer publishes with root's owners
 
@@ -24,13 +20,12 @@ MIN_READS = 50_000  # per reader; two readers per row
 
 
 @pytest.fixture(scope="module")
-def pairs() -> list[mixed_read.Pair]:
+def pairs() -> list[Pair]:
     return mixed_read.make_pairs()
 
 
-@pytest.mark.nocertbot
 @pytest.mark.parametrize("kind,style", [("file", "combined"), ("dir", "dir-relative")])
-def test_our_readers_see_no_bad_pair(pairs: list[mixed_read.Pair], kind: str,
+def test_our_readers_see_no_bad_pair(pairs: list[Pair], kind: str,
                                      style: str) -> None:
     row = mixed_read.scenario(kind, style, readers=2, reads=2_000_000, rate=0, pairs=pairs,
                               publishes=300, seconds=30, min_reads=MIN_READS)
@@ -40,7 +35,8 @@ def test_our_readers_see_no_bad_pair(pairs: list[mixed_read.Pair], kind: str,
     assert (row.mismatch, row.missing, row.partial) == (0, 0, 0)
 
 
-def test_certbot_layout_read_by_path_is_caught_mixing(pairs: list[mixed_read.Pair]) -> None:
+@pytest.mark.certbot  # certbot's own storage writes the lineage
+def test_certbot_layout_read_by_path_is_caught_mixing(pairs: list[Pair]) -> None:
     row = mixed_read.scenario("certbot", "key-then-cert", readers=2, reads=2_000_000, rate=0,
                               pairs=pairs, publishes=150, seconds=30, min_reads=MIN_READS)
     report(f"mixed read certbot/key-then-cert (control): {row.reads:,} reads, "

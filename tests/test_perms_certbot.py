@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import NOBODY, key_matches_cert, mode_of, run_as, snapshot
 
-from testbed import Certbot
+from tests.support.pki import key_matches_cert
+from tests.support.site import mode_of, snapshot
+from tests.support.testbed import Certbot
+from tests.support.users import NOBODY, as_user, run_as
 
 PERMS = str(Path(sys.executable).parent / "certbot-perms")
 RENEWALS = 3
@@ -274,9 +276,8 @@ def test_unprivileged_certbot_warns_in_one_line_and_still_renews(
                            "--perms-key-group", str(NOBODY))
 
     def as_nobody(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                               "--clear-groups", *cmd], env=certbot.env(), capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run([*as_user(NOBODY, NOBODY), *cmd], env=certbot.env(),
+                              capture_output=True, text=True, timeout=120)
 
     bundle = certbot.root / "ca.pem"  # a copy nobody can read; pytest's tmp is root-only
     shutil.copyfile(certbot.pebble.ca_bundle, bundle)

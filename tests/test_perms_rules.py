@@ -10,11 +10,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import NOBODY, run_as
 
 from certbot_perms import acl
 from daemon_keys.errors import SpecError
 from daemon_keys.keyspec import exceeds, parse_spec
+from tests.support.users import NOBODY, run_as
 
 
 @pytest.mark.parametrize("mode,expected", [

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
-from helpers import (
+
+from tests.support.pki import key_matches_cert
+from tests.support.site import (
     DEPLOY,
     deploy,
-    key_matches_cert,
     lineage_bytes,
     mode_of,
     new_version,
@@ -28,8 +29,7 @@ from helpers import (
     write_conf,
     write_password,
 )
-
-from testbed import Certbot
+from tests.support.testbed import Certbot
 
 PASSWORD = "correct horse battery staple"
 
@@ -68,7 +68,6 @@ def pem_blocks(text: str, label: str) -> list[bytes]:
         rf"-----BEGIN {label}-----\n.*?-----END {label}-----", text, re.S)]
 
 
-@pytest.mark.nocertbot
 def test_keystore_holds_the_lineage_key_and_chain_under_modern_encryption(
         site: Path, group: str) -> None:
     keystore_conf(site, f"group = {group}")
@@ -96,7 +95,6 @@ def test_keystore_holds_the_lineage_key_and_chain_under_modern_encryption(
     assert wrong.returncode != 0
 
 
-@pytest.mark.nocertbot
 @pytest.mark.skipif(shutil.which("keytool") is None, reason="no Java keytool on this machine")
 def test_java_keytool_reads_the_keystore(site: Path) -> None:
     published_keystore(site)
@@ -112,7 +110,6 @@ def test_java_keytool_reads_the_keystore(site: Path) -> None:
     assert f"Serial number: {leaf.serial_number:x}" in listing.stdout
 
 
-@pytest.mark.nocertbot
 def test_unchanged_keystore_is_left_alone_without_importing_cryptography(site: Path) -> None:
     path = published_keystore(site)
     before = path.stat()
@@ -128,7 +125,6 @@ def test_unchanged_keystore_is_left_alone_without_importing_cryptography(site: P
     assert status.returncode == 0 and "in sync" in status.stdout, status.stdout
 
 
-@pytest.mark.nocertbot
 @pytest.mark.parametrize("change", ["new-version", "password", "tampered"])
 def test_keystore_is_rewritten_when_what_went_into_it_changed(site: Path, change: str) -> None:
     path = published_keystore(site)
@@ -148,7 +144,6 @@ def test_keystore_is_rewritten_when_what_went_into_it_changed(site: Path, change
     assert certs[0] == lineage_bytes(site / "le", "mail")["cert"]
 
 
-@pytest.mark.nocertbot
 def test_failed_check_puts_the_previous_keystore_back(site: Path) -> None:
     path = published_keystore(site)
     first = path.read_bytes()
@@ -164,7 +159,6 @@ def test_failed_check_puts_the_previous_keystore_back(site: Path) -> None:
     assert again.returncode == 0 and "[java] published" in again.stdout, again.stderr
 
 
-@pytest.mark.nocertbot
 @pytest.mark.parametrize("problem,message", [
     ("no-key", "[java] password_file: missing; a pkcs12 target needs"),
     ("world-readable", "mode 0644 lets others read or the group write the password"),

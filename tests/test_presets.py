@@ -4,9 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import deploy, mode_of, one_line, snapshot, write_conf
 
-pytestmark = pytest.mark.nocertbot
+from tests.support.site import deploy, mode_of, one_line, snapshot, write_conf
 
 
 def test_check_config_shows_a_presets_resolved_values(site: Path) -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import certbot as certbot_package
 import cryptography
-from conftest import report
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
-from helpers import DEPLOY, lineage_bytes, mode_of, write_conf, write_password
 
-from testbed import Certbot, certbot_executable
+from tests.support.figures import report
+from tests.support.site import DEPLOY, lineage_bytes, mode_of, write_conf, write_password
+from tests.support.testbed import Certbot, certbot_executable
 
 PERMS = str(Path(sys.executable).parent / "certbot-perms")
 PASSWORD = "row-test-password"

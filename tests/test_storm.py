@@ -8,28 +8,25 @@ certbot's live/ files is run as the control and reported.
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import report
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from bench import mixed_read, storm
+from tests.support.figures import report
+from tests.support.pki import Pair
 
-import storm
-
-pytestmark = [pytest.mark.root,
+pytestmark = [pytest.mark.root, pytest.mark.certbot,  # certbot's storage renews meanwhile
               pytest.mark.skipif(not shutil.which("postfix", path="/usr/sbin"),
                                  reason="postfix is installed by scripts/test")]
 CONNECTIONS = 1000
 
 
 @pytest.fixture(scope="module")
-def pairs() -> list[storm.Pair]:
-    return storm.make_pairs()
+def pairs() -> list[Pair]:
+    return mixed_read.make_pairs()
 
 
-def test_postfix_on_our_combined_file_fails_no_handshake(pairs: list[storm.Pair]) -> None:
+def test_postfix_on_our_combined_file_fails_no_handshake(pairs: list[Pair]) -> None:
     r = storm.storm(True, CONNECTIONS, 4, pairs)
     report(f"storm, our combined file: {r['handshakes']:.0f} STARTTLS handshakes during "
            f"{r['renewals']:.0f} renewals, {r['failed']:.0f} failed, "
@@ -38,7 +35,7 @@ def test_postfix_on_our_combined_file_fails_no_handshake(pairs: list[storm.Pair]
     assert (r["failed"], r["unknown_cert"]) == (0, 0)
 
 
-def test_postfix_on_certbot_live_files_is_caught_failing(pairs: list[storm.Pair]) -> None:
+def test_postfix_on_certbot_live_files_is_caught_failing(pairs: list[Pair]) -> None:
     """The control: the storm does see certbot's one-by-one link swap break handshakes."""
     r = storm.storm(False, CONNECTIONS, 4, pairs)
     report(f"storm, certbot live/ files (control): {r['handshakes']:.0f} handshakes during "

@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from testbed import Certbot, Pebble
+from tests.support.testbed import Certbot, Pebble
 
 pytestmark = pytest.mark.root  # pebble, certbot
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import make_chain, make_site, pem_of, snapshot, write_lineage, write_password
 
 from certbot_atomic_deploy import cli as deploy_cli
 from certbot_atomic_deploy.config import load
@@ -26,6 +25,8 @@ from certbot_atomic_deploy.presets import PRESETS
 from certbot_perms import cli as perms_cli
 from daemon_keys.errors import describe_unexpected
 from daemon_keys.keyspec import parse_mode
+from tests.support.pki import make_chain, pem_of
+from tests.support.site import make_site, snapshot, write_lineage, write_password
 
 ME, MY_GROUP = os.geteuid(), os.getegid()
 
@@ -155,7 +156,8 @@ def test_every_preset_names_a_valid_key_mode_and_its_reason(tmp_path: Path) -> N
 
 def test_an_unexpected_error_is_one_line_naming_where() -> None:
     def parse_the_thing() -> None:
-        {}["missing"]
+        empty: dict[str, str] = {}
+        empty["missing"]
 
     try:
         parse_the_thing()
@@ -275,7 +277,7 @@ MAN = Path(__file__).resolve().parent.parent / "man"
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for action in parser._actions:
         found.update(action.option_strings)
         if isinstance(action, argparse._SubParsersAction):

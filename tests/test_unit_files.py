@@ -5,20 +5,22 @@ checking the disk afterwards.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from helpers import make_chain, material, pem_of
 
-from daemon_keys.atomicfile import open_for_writing, write_file_atomic, write_new_file
-from daemon_keys.errors import KeysError, LockError, UnsafePathError, ValidationError
-from daemon_keys.fs import READ_DIR, unsafe_reason
 from certbot_atomic_deploy.pem import build, keystore_fingerprint, parse_blocks
 from certbot_atomic_deploy.state import Record, StateDir, TargetState
 from certbot_perms import acl
+from daemon_keys.atomicfile import open_for_writing, write_file_atomic, write_new_file
+from daemon_keys.errors import KeysError, LockError, UnsafePathError, ValidationError
+from daemon_keys.fs import READ_DIR, unsafe_reason
+from tests.support.pki import make_chain, material, pem_of
 
 ME, MY_GROUP = os.geteuid(), os.getegid()
 
@@ -93,8 +95,10 @@ def test_something_other_than_a_file_at_the_destination_is_refused(
     victim = tmp_path / "victim"
     victim.write_bytes(b"untouched")
     dest = tmp_path / "k.pem"
-    {"symlink": lambda: dest.symlink_to(victim), "directory": dest.mkdir,
-     "fifo": lambda: os.mkfifo(dest)}[planted]()
+    plant: dict[str, Callable[[], object]] = {
+        "symlink": lambda: dest.symlink_to(victim), "directory": dest.mkdir,
+        "fifo": lambda: os.mkfifo(dest)}
+    plant[planted]()
     fd = _dir(tmp_path)
     try:
         with pytest.raises(UnsafePathError) as err:
@@ -196,7 +200,44 @@ def test_state_keeps_only_the_last_versions(tmp_path: Path) -> None:
         target.current = _record(seq)
         state.save("t", target, f"v{seq}".encode(), keep=2)
     assert [r.seq for r in target.history] == [3, 4]
-    assert sorted(target.files) == [3, 4, 5]
+    state.flush()
+    assert sorted(os.listdir(tmp_path / "state" / "kept")) == ["t.3", "t.4", "t.5"]
+    assert StateDir(str(tmp_path / "state")).file_version("t", 3) == b"v3"
+    # state.json holds records only: the bytes are in kept/, one file per publish
+    assert b"v3" not in (tmp_path / "state" / "state.json").read_bytes()
+
+
+def test_a_run_writes_the_kept_copy_of_what_it_published_only(tmp_path: Path) -> None:
+    state = StateDir(str(tmp_path / "state"))
+    for name in ("a", "b"):
+        state.save(name, TargetState(current=_record(1)), name.encode())
+    state.flush()
+    kept = tmp_path / "state" / "kept"
+    before = {p.name: p.stat().st_ino for p in kept.iterdir()}
+    again = StateDir(str(tmp_path / "state"))
+    b = again.load("b")
+    b.history, b.current = [b.current] if b.current else [], _record(2)
+    again.save("b", b, b"b2", keep=1)
+    again.flush()
+    after = {p.name: p.stat().st_ino for p in kept.iterdir()}
+    assert after["a.1"] == before["a.1"] and after["b.1"] == before["b.1"]  # untouched
+    assert set(after) == {"a.1", "b.1", "b.2"}
+
+
+def test_a_state_written_by_0_1_0_keeps_its_bytes(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir(mode=0o700)
+    record = _record(1)._asdict()
+    (tmp_path / "state" / "state.json").write_text(json.dumps({"targets": {
+        "pem": {"current": record, "history": [], "files": {"1": "-----BEGIN x"}},
+        "p12": {"current": record, "history": [], "files": {"1": "base64:MII="}}}}))
+    state = StateDir(str(tmp_path / "state"))
+    assert state.file_version("pem", 1) == b"-----BEGIN x"
+    state.flush()
+    again = StateDir(str(tmp_path / "state"))
+    assert (again.file_version("pem", 1), again.file_version("p12", 1)) == (
+        b"-----BEGIN x", b"0\x82")
+    assert "files" not in json.loads((tmp_path / "state" / "state.json").read_text())[
+        "targets"]["pem"]
 
 
 @pytest.mark.parametrize("body", ["{not json", "[]", '{"targets": []}',

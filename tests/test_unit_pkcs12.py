@@ -18,7 +18,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
-from helpers import make_chain, material, new_key
 
 from certbot_atomic_deploy.pkcs12 import (
     KDF_ROUNDS,
@@ -26,6 +25,7 @@ from certbot_atomic_deploy.pkcs12 import (
     native_writer_available,
     pbes2_keystore,
 )
+from tests.support.pki import make_chain, material, new_key
 
 PASSWORD = b"s3cret-pass/word+24"  # printable ASCII: what config.read_password allows
 

@@ -16,9 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from helpers import make_chain, material, new_key, pem_of, write_lineage
 
-from daemon_keys.errors import ValidationError
 from certbot_atomic_deploy.pem import parse_blocks, read_lineage
 from certbot_atomic_deploy.validate import (
     check_signature,
@@ -27,6 +25,9 @@ from certbot_atomic_deploy.validate import (
     validate,
     verify_issued_by,
 )
+from daemon_keys.errors import ValidationError
+from tests.support.pki import make_chain, material, new_key, pem_of
+from tests.support.site import write_lineage
 
 NATIVE = hasattr(x509.Certificate, "verify_directly_issued_by")
 

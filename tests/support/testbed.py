@@ -17,12 +17,10 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.support.procs import stop_process, wait_until
 
 PEBBLE_READY_TIMEOUT = 20.0  # seconds; measured ready in < 1 s here
 
@@ -158,9 +158,9 @@ class Pebble:
 
     def _wait_ready(self) -> None:
         context = ssl.create_default_context(cafile=str(self.ca_bundle))
-        deadline = time.monotonic() + PEBBLE_READY_TIMEOUT
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
+        last_error: list[Exception] = []
+
+        def ready() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise TestbedError(
@@ -168,13 +168,16 @@ class Pebble:
                     f"log: {self.log_path}: {self.log_path.read_text(errors='replace')[-2000:]}")
             try:
                 with urllib.request.urlopen(self.directory_url, context=context, timeout=2) as r:
-                    if r.status == 200 and b"newOrder" in r.read():
-                        return
+                    return r.status == 200 and b"newOrder" in r.read()
             except OSError as exc:  # connection refused while it starts
-                last_error = exc
-            time.sleep(0.05)
-        raise TestbedError(f"pebble did not answer {self.directory_url} within "
-                           f"{PEBBLE_READY_TIMEOUT:.0f} s ({last_error}); log: {self.log_path}")
+                last_error[:] = [exc]
+                return False
+
+        try:
+            wait_until(ready, PEBBLE_READY_TIMEOUT, f"pebble answering {self.directory_url}")
+        except TimeoutError as exc:
+            raise TestbedError(f"{exc} ({last_error[0] if last_error else 'no answer'}); "
+                               f"log: {self.log_path}") from None
 
     def root_pem(self) -> bytes:
         """The PEM of the root that pebble issues under (from its management API)."""
@@ -185,15 +188,8 @@ class Pebble:
 
     def stop(self) -> None:
         """Stop exactly the process this object started, by its PID."""
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def certbot_executable() -> str:

@@ -7,8 +7,6 @@ daemon for its certificate with a real TLS client (``openssl s_client``).
 """
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -17,7 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed import free_port
+from tests.support.pki import make_pair
+from tests.support.procs import stop_pid, stop_process, wait_until
+from tests.support.testbed import free_port
 
 READY_TIMEOUT = 20.0
 
@@ -35,32 +35,18 @@ class Daemon:
         return int(self.pid_file.read_text().split()[0])
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait_port(port: int, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within "
-                       f"{READY_TIMEOUT:.0f} s\n{tail}")
-
-
-def _stop_pid(pid: int) -> None:
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: _listening(port), READY_TIMEOUT, f"{what} listening on port {port}")
+    except TimeoutError as exc:
+        tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
+        raise RuntimeError(f"{exc}\n{tail}") from None
 
 
 def _dir(path: Path, mode: int = 0o755) -> Path:
@@ -79,8 +65,7 @@ def _foreground(daemon: Daemon, cmd: list[str], output: Path, log: Path) -> Iter
         _wait_port(daemon.port, daemon.name, log)
         yield daemon
     finally:
-        _stop_pid(proc.pid)
-        proc.wait(timeout=20)
+        stop_process(proc, grace=15)
 
 
 @contextmanager
@@ -128,7 +113,7 @@ postlog unix-dgram n - n - 1 postlogd
         yield daemon
     finally:
         if daemon.pid_file.exists():
-            _stop_pid(daemon.pid())
+            stop_pid(daemon.pid())
 
 
 @contextmanager
@@ -262,20 +247,16 @@ def seed(path: Path, order: str = "key-first") -> None:
     ``path`` is a file (key then chain, or chain then key with order='key-last'),
     or, for a versioned directory, the directory: v0/ with every file and current -> v0.
     """
-    from cryptography.hazmat.primitives import serialization
-    from helpers import make_chain, pem_of
-    key, chain = make_chain(["mail.example.org"])
-    key_pem = pem_of(key)
-    pems = [c.public_bytes(serialization.Encoding.PEM) for c in chain]
-    full = b"".join(pems)
+    pair = make_pair(["mail.example.org"])
     if path.suffix == ".pem":
-        path.write_bytes(key_pem + full if order == "key-first" else full + key_pem)
+        path.write_bytes(pair.key + pair.fullchain if order == "key-first"
+                         else pair.fullchain + pair.key)
         path.chmod(0o600)
         return
     v0 = _dir(path / "v0")
-    for name, data in (("privkey.pem", key_pem), ("cert.pem", pems[0]),
-                       ("chain.pem", b"".join(pems[1:])), ("fullchain.pem", full),
-                       ("combined.pem", key_pem + full)):
+    for name, data in (("privkey.pem", pair.key), ("cert.pem", pair.cert),
+                       ("chain.pem", pair.chain), ("fullchain.pem", pair.fullchain),
+                       ("combined.pem", pair.key + pair.fullchain)):
         (v0 / name).write_bytes(data)
         (v0 / name).chmod(0o600 if b"PRIVATE" in data else 0o644)
     (path / "current").symlink_to("v0")
