@@ -159,30 +159,26 @@ class Deployer:
     def _select_one(self, target: Target, wanted: set[str] | None,
                     result: RunResult) -> str | None:
         """Step (1) for one target: its lineage, or None (a failure is in ``result``)."""
+        where = f"{self.config.path}: [{target.name}]"
         try:
             chosen = self.select(target, wanted)
         except ValidationError as exc:
-            result.outcomes.append(Outcome(target.name, None, "failed", str(exc)))
-            return None
-        if not chosen:
-            # Only a domains target can choose nothing (a named lineage that does
-            # not exist fails when it is read). In the hook, another lineage was
-            # renewed: nothing to say. With --all, say that nothing covers it.
-            if wanted is None:
-                result.outcomes.append(Outcome(
-                    target.name, None, "failed",
-                    f"{self.config.path}: [{target.name}] no lineage in "
-                    f"{self.config_dir}/live covers {', '.join(target.domains)} (see "
-                    "'certbot certificates')"))
-            return None
-        if len(chosen) > 1:
-            result.outcomes.append(Outcome(
-                target.name, None, "failed",
-                f"{self.config.path}: [{target.name}] matches lineages "
-                f"{', '.join(chosen)}; one target takes one lineage (narrow lineage or "
-                "domains)"))
-            return None
-        return chosen[0]
+            chosen, why = [], str(exc)
+        else:
+            if len(chosen) == 1:
+                return chosen[0]
+            if chosen:
+                why = (f"{where} matches lineages {', '.join(chosen)}; one target takes one "
+                       "lineage (narrow lineage or domains)")
+            elif wanted is None:
+                why = (f"{where} no lineage in {self.config_dir}/live covers "
+                       f"{', '.join(target.domains)} (see 'certbot certificates')")
+            else:
+                # Only a domains target can choose nothing (a named lineage that does not
+                # exist fails when it is read): in the hook, another lineage was renewed.
+                return None
+        result.outcomes.append(Outcome(target.name, None, "failed", why))
+        return None
 
     def _deploy_one(self, target: Target, lineage: str, dry_run: bool,
                     result: RunResult) -> Published | None:

@@ -57,7 +57,7 @@ class KeySpec(NamedTuple):
                 "key-mode": f"{self.mode:04o}"}
 
 
-@functools.lru_cache(maxsize=None)  # a config of 10,000 targets names a few users
+@functools.cache  # a config of 10,000 targets names a few users
 def name_of_uid(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -65,7 +65,7 @@ def name_of_uid(uid: int) -> str:
         return str(uid)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def name_of_gid(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
@@ -73,12 +73,12 @@ def name_of_gid(gid: int) -> str:
         return str(gid)
 
 
-@functools.lru_cache(maxsize=None)  # a miss raises KeyError, which is not cached
+@functools.cache  # a miss raises KeyError, which is not cached
 def _uid_of(name: str) -> int:
     return pwd.getpwnam(name).pw_uid
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gid_of(name: str) -> int:
     return grp.getgrnam(name).gr_gid
 
