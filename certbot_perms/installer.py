@@ -1,7 +1,7 @@
 """The ``perms`` Certbot installer: the only module of this package that imports certbot.
 
 A thin adapter: it turns ``--perms-key-owner/-group/-mode`` (or ``perms-key-*``
-in cli.ini) into a :class:`~certbot_perms.spec.KeySpec` and hands it to
+in cli.ini) into a :class:`~daemon_keys.keyspec.KeySpec` and hands it to
 :func:`~certbot_perms.lineage.apply_key_permissions`, at the three moments
 Certbot offers:
 

@@ -77,10 +77,10 @@ def open_dir(path: str, *, at: int | None = None, at_path: str = "",
     """Open directory ``path`` one component at a time; returns a descriptor.
 
     ``path`` is absolute, or relative to the directory open as ``at`` (whose
-    path, for messages, is ``at_path``); '..' is
-    refused either way. A symlink as the last component is always refused;
-    one before it is refused too, or with :data:`RESOLVE_PARENT_LINKS` (absolute
-    paths only) substituted and its target walked and checked like the rest.
+    path, for messages, is ``at_path``); '..' is refused either way. A symlink
+    as the last component is always refused; one before it is refused too, or,
+    with :data:`RESOLVE_PARENT_LINKS` (absolute paths only), substituted and its
+    target walked and checked like the rest.
     With ``writer_uid`` (for a directory we will write into), every directory
     on the way must pass :func:`unsafe_reason`, trusting root and the running
     user (who can write anything we write anyway); the last one may also be

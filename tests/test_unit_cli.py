@@ -7,6 +7,7 @@ so nothing here needs a chown that only root may do.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.metadata
 import json
 import os
@@ -14,6 +15,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -302,3 +304,46 @@ def test_the_man_page_names_every_option_and_no_other(prog: str) -> None:
                                env={"MANWIDTH": "80", "PATH": os.environ["PATH"]})
         assert shown.returncode == 0 and shown.stderr == "", shown.stderr
         assert "EXIT STATUS" in shown.stdout
+
+
+PACKAGES = ("daemon_keys", "certbot_perms", "certbot_atomic_deploy")
+# Who may import whom: the core imports neither face; each face imports the core, never
+# the other; only the installer imports certbot.
+MAY_IMPORT = {"daemon_keys": {"daemon_keys"},
+              "certbot_perms": {"daemon_keys", "certbot_perms"},
+              "certbot_atomic_deploy": {"daemon_keys", "certbot_atomic_deploy"}}
+
+
+def _imports(path: Path) -> set[str]:
+    """The top-level names of every module a source file imports, wherever in the file."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_the_packages_import_each_other_in_one_direction_only(package: str) -> None:
+    root = Path(importlib.import_module(package).__file__ or "").parent
+    ours = set(PACKAGES)
+    for source in sorted(root.glob("*.py")):
+        imported = _imports(source)
+        assert imported & ours <= MAY_IMPORT[package], (source, imported & ours)
+        if source.name != "installer.py":
+            assert not imported & {"certbot", "acme", "josepy"}, source
+
+
+def test_a_whole_deploy_imports_no_certbot(own_site: Path) -> None:
+    conf(own_site, f"[mail]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = postfix\n")
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "certbot_atomic_deploy",
+                          "--config-dir", str(own_site / "le"), "deploy", "--all"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "published" in run.stdout, run.stderr
+    modules = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines()
+               if line.startswith("import time:") and "|" in line}
+    assert "cryptography.x509" in modules  # something was validated: the whole path ran
+    assert not {m.split(".")[0] for m in modules} & {"certbot", "acme", "josepy",
+                                                      "certbot_perms"}
