@@ -6,6 +6,8 @@ is made here; what certbot issues comes from the real certbot (:mod:`.testbed`).
 from __future__ import annotations
 
 import datetime
+import ipaddress
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from cryptography import x509
@@ -28,6 +30,46 @@ def new_key(kind: str = "ec") -> Any:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def issue(subject: str, issuer: str, public_key: Any, signer: Any, *, ca: bool,
+          names: Sequence[str] = (), ips: Sequence[str] = (),
+          valid: tuple[datetime.timedelta, datetime.timedelta] = (
+              datetime.timedelta(days=-1), datetime.timedelta(days=90)),
+          path_length: int | None = None, strict: bool = False) -> x509.Certificate:
+    """One certificate: ``subject`` (a common name) issued by ``issuer``, signed by
+    ``signer``, valid from now + ``valid[0]`` to now + ``valid[1]``.
+
+    ``strict`` adds what a strict verifier (Python 3.13's VERIFY_X509_STRICT) wants:
+    key identifiers, and key usage (a CA) or extended key usage (a server).
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject))
+               .issuer_name(_name(issuer)).public_key(public_key)
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now + valid[0]).not_valid_after(now + valid[1])
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length),
+                              critical=True))
+    if names or ips:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [*(x509.DNSName(n) for n in names),
+             *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]), critical=False)
+    if strict:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False).add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+            critical=False)
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        else:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                critical=False)
+    digest = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(signer, digest)
+
+
 def make_chain(names: list[str], *, days_valid: tuple[int, int] = (-1, 90),
                key: ec.EllipticCurvePrivateKey | None = None, issuer_kind: str = "ec"
                ) -> tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
@@ -37,29 +79,14 @@ def make_chain(names: list[str], *, days_valid: tuple[int, int] = (-1, 90),
     "ed25519"). Every chain uses the same names, so a leaf of one chain with the
     intermediate of another names its issuer right but was signed by another key.
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
     root_key = new_key(issuer_kind)
     inter_key = new_key(issuer_kind)
     leaf_key = key or ec.generate_private_key(ec.SECP256R1())
-
-    def cert(subject: str, issuer: str, pub: object, signer: Any,
-             ca: bool, sans: list[str] | None, start: int, end: int) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(_name(subject))
-                   .issuer_name(_name(issuer)).public_key(pub)  # type: ignore[arg-type]
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now + datetime.timedelta(days=start))
-                   .not_valid_after(now + datetime.timedelta(days=end))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if sans:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
-        digest = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-        return builder.sign(signer, digest)
-
-    inter = cert("test intermediate", "test root", inter_key.public_key(), root_key, True,
-                 None, -10, 365)
-    leaf = cert(names[0], "test intermediate", leaf_key.public_key(), inter_key, False,
-                names, *days_valid)
+    days = datetime.timedelta(days=1)
+    inter = issue("test intermediate", "test root", inter_key.public_key(), root_key, ca=True,
+                  valid=(-10 * days, 365 * days))
+    leaf = issue(names[0], "test intermediate", leaf_key.public_key(), inter_key, ca=False,
+                 names=names, valid=(days_valid[0] * days, days_valid[1] * days))
     return leaf_key, [leaf, inter]
 
 

@@ -13,7 +13,6 @@ challenge, so no traffic leaves loopback.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -26,11 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
+from tests.support.pki import issue, new_key
 from tests.support.procs import stop_process, wait_until
 
 PEBBLE_READY_TIMEOUT = 20.0  # seconds; measured ready in < 1 s here
@@ -52,47 +49,13 @@ def _write_listener_certificate(directory: Path) -> tuple[Path, Path, Path]:
 
     Returns (ca_cert, server_cert, server_key) paths.
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "testbed pebble listener CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                       critical=False)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True,
-            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), critical=False)
-        # Python 3.13 verifies strictly (VERIFY_X509_STRICT): it wants the key identifiers
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key, key = new_key(), new_key()
+    lifetime = (datetime.timedelta(minutes=-5), datetime.timedelta(days=2))
+    ca = "testbed pebble listener CA"
+    ca_cert = issue(ca, ca, ca_key.public_key(), ca_key, ca=True, path_length=0,
+                    valid=lifetime, strict=True)
+    cert = issue("localhost", ca, key.public_key(), ca_key, ca=False, names=["localhost"],
+                 ips=["127.0.0.1"], valid=lifetime, strict=True)
     ca_path = directory / "listener-ca.pem"
     cert_path = directory / "listener-cert.pem"
     key_path = directory / "listener-key.pem"
