@@ -17,7 +17,7 @@ import os
 import re
 from typing import NamedTuple
 
-from daemon_keys.errors import ValidationError
+from daemon_keys.errors import ValidationError, reason
 from daemon_keys.fs import read_regular
 
 KINDS = ("privkey", "cert", "chain", "fullchain")
@@ -103,7 +103,7 @@ def read_lineage(config_dir: str, name: str) -> Material:
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 raise ValidationError(f"{link}: not a symlink into archive/") from None
-            raise ValidationError(f"{link}: {os.strerror(exc.errno or 0)}") from None
+            raise ValidationError(f"{link}: {reason(exc)}") from None
     versions = set()
     for kind, target in targets.items():
         match = _LINK_VERSION.match(target)
@@ -122,7 +122,7 @@ def read_lineage(config_dir: str, name: str) -> Material:
     try:
         dir_fd = os.open(archive, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ValidationError(f"{archive}: cannot open: {os.strerror(exc.errno or 0)}") from None
+        raise ValidationError(f"{archive}: cannot open: {reason(exc)}") from None
     try:
         raw = {kind: _read_at_following_key_link(dir_fd, kind, os.path.basename(target),
                                                  os.path.join(archive, os.path.basename(target)))

@@ -29,7 +29,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from certbot_perms import acl
-from daemon_keys.errors import KeysError, LineageError, UsageError, describe_os_error
+from daemon_keys.errors import (
+    KeysError,
+    LineageError,
+    UsageError,
+    describe_os_error,
+    reason,
+)
 from daemon_keys.fs import READ_DIR, READ_FILE, open_dir
 from daemon_keys.keyspec import KeySpec, name_of_gid, name_of_uid
 
@@ -268,7 +274,7 @@ def open_config_dir(config_dir: str) -> int:
         return os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise UsageError(f"{config_dir}: cannot open the certbot config dir: "
-                         f"{os.strerror(exc.errno or 0)} (give --config-dir)") from None
+                         f"{reason(exc)} (give --config-dir)") from None
 
 
 def apply_key_permissions(config_dir: str, name: str, spec: KeySpec) -> ApplyReport:

@@ -89,13 +89,18 @@ _HINTS = {
 }
 
 
+def reason(exc: OSError) -> str:
+    """Why an ``OSError`` happened, in the kernel's words ("Permission denied")."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def describe_os_error(exc: OSError, where: str = "", action: str = "") -> str:
     """The one line for an ``OSError``: '<where>: <action> failed: <why> (<hint>)'.
 
     ``where`` defaults to the path the error names; ``action`` may be empty.
     """
     where = where or (str(exc.filename) if exc.filename else "")
-    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    why = reason(exc)
     hint = _HINTS.get(exc.errno or 0, "fix the cause and run again")
     head = f"{where}: " if where else ""
     doing = f"{action} failed: " if action else ""

@@ -23,7 +23,7 @@ import stat
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from daemon_keys.errors import KeysError, UnsafePathError, write_failed
+from daemon_keys.errors import KeysError, UnsafePathError, reason, write_failed
 
 T = TypeVar("T")
 
@@ -112,7 +112,7 @@ def open_dir(path: str, *, at: int | None = None, at_path: str = "",
                 new_fd = _create_dir(fd, component, create_mode, here)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafePathError(f"{here}: cannot open: {os.strerror(exc.errno or 0)}"
+                    raise UnsafePathError(f"{here}: cannot open: {reason(exc)}"
                                           ) from None
                 try:
                     target = os.readlink(component, dir_fd=fd)
@@ -177,7 +177,7 @@ def read_regular(name: str, *, dir_fd: int | None = None, limit: int, where: str
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise error(f"{where}: is a symlink; refusing to follow it{tail}") from None
-        raise error(f"{where}: cannot open: {os.strerror(exc.errno or 0)}{tail}") from None
+        raise error(f"{where}: cannot open: {reason(exc)}{tail}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -191,7 +191,7 @@ def read_regular(name: str, *, dir_fd: int | None = None, limit: int, where: str
             chunks.append(chunk)
             left -= len(chunk)
     except OSError as exc:
-        raise error(f"{where}: cannot read: {os.strerror(exc.errno or 0)}") from None
+        raise error(f"{where}: cannot read: {reason(exc)}") from None
     finally:
         os.close(fd)
     data = b"".join(chunks)
