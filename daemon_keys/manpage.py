@@ -2,7 +2,8 @@
 
 Both commands' pages are built from their own parsers, so a page cannot
 describe an option the command does not take: ``scripts/manpages`` writes
-``man/*.1``, and a unit test fails when those differ from what the parsers say.
+``man/*.1``, and a unit test fails when a page names an option the parsers lack,
+or misses one they have.
 """
 from __future__ import annotations
 

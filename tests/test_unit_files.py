@@ -19,7 +19,7 @@ from certbot_atomic_deploy.state import Record, StateDir, TargetState
 from certbot_perms import acl
 from daemon_keys.atomicfile import open_for_writing, write_file_atomic, write_new_file
 from daemon_keys.errors import KeysError, LockError, UnsafePathError, ValidationError
-from daemon_keys.fs import READ_DIR, unsafe_reason
+from daemon_keys.fs import READ_DIR, Leftovers, unsafe_reason
 from tests.support.pki import make_chain, material, pem_of
 
 ME, MY_GROUP = os.geteuid(), os.getegid()
@@ -172,6 +172,26 @@ def test_a_relative_destination_is_refused() -> None:
 
 
 # -- run state
+
+def test_leftovers_are_the_exact_temp_names_of_one_file_and_handed_out_once(
+        tmp_path: Path) -> None:
+    names = {".a.0123456789abcdef.tmp": "a", ".a.b.0123456789abcdef.tmp": "a.b",
+             ".a.fedcba9876543210.tmp": "a", ".a.notatoken.tmp": None, "a": None,
+             ".a.0123456789ABCDEF.tmp": None}
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    fd = _dir(tmp_path)
+    try:
+        leftovers = Leftovers()
+        removed = leftovers.remove(fd, "a")
+        assert sorted(removed) == sorted(n for n, owner in names.items() if owner == "a")
+        assert leftovers.remove(fd, "a") == []  # once per run: the directory is not re-read
+        assert leftovers.names(fd) == ["a.b"]
+    finally:
+        os.close(fd)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {n for n, owner in names.items() if owner != "a"}  # a.b's is not a's
+
 
 def _record(seq: int) -> Record:
     return Record(seq=seq, lineage="mail", version=seq, serial="ab", not_after="2027-01-01",
