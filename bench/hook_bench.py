@@ -235,7 +235,7 @@ def bench_syscalls(root: Path, runs: int) -> None:
     from certbot_atomic_deploy.config import FileOutput, load
     from certbot_atomic_deploy.publish import NewFile, publish_file
     from daemon_keys.fs import Leftovers
-    target = load(str(config / "atomic-deploy.conf")).targets[0]
+    target = load(str(config / "atomic-deploy.conf"), str(config)).targets[0]
     assert isinstance(target.output, FileOutput)
     data = (out / "postfix.pem").read_bytes()
     ours, floor = [], []

@@ -23,7 +23,14 @@ from certbot_atomic_deploy.config import FileOutput, load, read_password
 from certbot_atomic_deploy.deploy import Deployer
 from certbot_atomic_deploy.report import PROG, print_config, print_result, print_status
 from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
-from daemon_keys.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS, UsageError
+from daemon_keys.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STATUS,
+    ConfigError,
+    KeysError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -112,15 +119,22 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         raise UsageError("no command given and $RENEWED_LINEAGE is not set (run "
                          "'deploy --all', or use this as certbot's --deploy-hook)")
     config_dir = _config_dir(args)
-    config = load(args.config or os.path.join(config_dir, CONFIG_NAME))
+    config = load(args.config or os.path.join(config_dir, CONFIG_NAME), config_dir)
     command = args.command
+    deployer = Deployer(config, config_dir)
     if command == "check-config":
+        chosen = {}
         for t in config.targets:  # say now what a deploy would refuse
             if isinstance(t.output, FileOutput) and t.output.password_file:
                 read_password(t.name, t.output.password_file)
-        print_config(config)
+            try:
+                chosen[t.name] = deployer.choose(t)
+            except ConfigError:
+                raise
+            except KeysError as exc:  # no such lineage yet: the config itself is fine
+                chosen[t.name] = f"none yet ({exc})"
+        print_config(config, chosen)
         return EXIT_OK
-    deployer = Deployer(config, config_dir)
     if command == "status":
         rows = deployer.status()
         print_status(rows, args.json)
@@ -138,12 +152,19 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         if not args.all and not args.lineage:
             raise UsageError("deploy: say which: --lineage NAME (repeatable) or --all")
         wanted = None if args.all else set(args.lineage)
+        for name in sorted(wanted or ()):
+            if not os.path.isdir(os.path.join(config_dir, "live", name)):
+                raise UsageError(f"deploy --lineage {name}: no such lineage in "
+                                 f"{config_dir}/live (see 'certbot certificates')")
         dry_run, as_json = args.dry_run, args.json
     if dry_run:  # reads only: no lock, nothing created
         result = deployer.deploy(wanted, dry_run=True)
     else:
         with deployer.state.lock(args.lock_timeout):
             result = deployer.deploy(wanted)
+    if command is not None and not result.outcomes and not as_json:
+        print(f"nothing to deploy: no target in {config.path} takes "
+              f"{', '.join(sorted(wanted or ()))}")
     print_result(result, as_json)
     return result.exit_code
 

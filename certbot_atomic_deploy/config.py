@@ -40,8 +40,8 @@ from certbot_atomic_deploy.pem import (
     holds_key,
 )
 from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
-from daemon_keys.errors import ConfigError, SpecError
-from daemon_keys.fs import read_regular
+from daemon_keys.errors import ConfigError, SpecError, UnsafePathError
+from daemon_keys.fs import open_dir, read_regular, unsafe_reason
 from daemon_keys.keyspec import KeySpec, parse_spec
 
 DEFAULT_KEEP = 2
@@ -141,7 +141,7 @@ class DirectoryOutput(NamedTuple):
 
 class Target(NamedTuple):
     name: str
-    lineages: tuple[str, ...]
+    lineage: str | None  # or None: the one lineage covering every ``domains`` glob
     domains: tuple[str, ...]
     output: FileOutput | DirectoryOutput
     key: KeySpec  # owner, group and mode of the files that hold the key
@@ -175,7 +175,11 @@ class Config(NamedTuple):
 def _absolute(value: str, where: str) -> str:
     if not os.path.isabs(value):
         raise ConfigError(f"{where}: '{value}' is not an absolute path")
-    return os.path.normpath(value)
+    path = os.path.normpath(value)
+    if path in ("/", "//"):
+        raise ConfigError(f"{where}: '{value}' is the root directory; name a file or "
+                          "directory of its own")
+    return path
 
 
 def _target(name: str, section: dict[str, object], defaults: dict[str, object],
@@ -209,9 +213,12 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
     if not lineages and not domains:
         raise ConfigError(f"{file}: [{name}]: say which lineage it takes: lineage = NAME "
                           "or domains = GLOB")
-    for lineage in lineages:
-        if "/" in lineage or lineage.startswith("."):
-            raise ConfigError(f"{where('lineage')}: '{lineage}' is not a lineage name")
+    if len(lineages) > 1:
+        raise ConfigError(f"{where('lineage')}: names {len(lineages)} lineages; a target "
+                          "takes one (make one section per lineage, each with its own path)")
+    lineage = lineages[0] if lineages else None
+    if lineage is not None and ("/" in lineage or lineage.startswith(".")):
+        raise ConfigError(f"{where('lineage')}: '{lineage}' is not a lineage name")
     path, directory = section.get("path"), section.get("directory")
     if (path is None) == (directory is None):
         raise ConfigError(f"{file}: [{name}]: give exactly one of path = FILE or "
@@ -260,7 +267,7 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
     else:
         output = DirectoryOutput(directory=_absolute(str(directory), where("directory")))
     return Target(
-        name=name, lineages=lineages, domains=domains, output=output, key=key,
+        name=name, lineage=lineage, domains=domains, output=output, key=key,
         reload=get_list("reload"),
         check=get_list("check"),
         keep=DEFAULT_KEEP if keep is None else int(str(keep)),
@@ -315,15 +322,78 @@ def _checked(path: str, name: str, section: Section) -> dict[str, object]:
     return values
 
 
-def load(path: str) -> Config:
-    """Read and validate the configuration file; raise ConfigError naming what is wrong."""
+MAX_CONFIG_BYTES = 1 << 20
+# Certbot's default work and logs dirs: its own files, never a target's.
+CERTBOT_DIRS = ("/var/lib/letsencrypt", "/var/log/letsencrypt")
+
+
+def _read_trusted(path: str) -> str:
+    """The config's text, read through descriptors from a file only root (or the user
+    running the deploy) can change: its ``check`` and ``reload`` commands run as that user."""
+    euid = os.geteuid()
+    fix = (f"its check and reload commands run as uid {euid}: make it and every directory "
+           "above it root-owned and writable by root only (chown root: FILE; chmod go-w FILE)")
+    directory, name = os.path.split(path)
     try:
-        conf = ConfigObj(path, file_error=True, interpolation=False, list_values=True,
-                         raise_errors=True)
-    except OSError as exc:
-        # configobj's own "not found" error carries no errno, hence no strerror
-        why = exc.strerror or "no such file"
-        raise ConfigError(f"{path}: cannot read: {why} (create it, or give --config)") from None
+        dir_fd = open_dir(directory, writer_uid=euid)
+    except UnsafePathError as exc:
+        if not os.path.exists(path):
+            raise ConfigError(f"{path}: cannot read: missing (create it, or give --config)"
+                              ) from None
+        raise ConfigError(f"{path}: refused: {exc}") from None
+    try:
+        st, data = read_regular(name, dir_fd=dir_fd, limit=MAX_CONFIG_BYTES, where=path,
+                                error=ConfigError, hint="create it, or give --config")
+    finally:
+        os.close(dir_fd)
+    why = unsafe_reason(st, {euid}, last=True)
+    if why is not None:
+        raise ConfigError(f"{path}: refused, {why}; {fix}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _check_destinations(path: str, targets: tuple[Target, ...], config_dir: str,
+                        state_dir: str) -> None:
+    """No destination inside certbot's dirs or our state, or inside (or over) another's."""
+    real = {t.name: os.path.realpath(t.destination) for t in targets}
+    protected = [(os.path.realpath(d), what) for d, what in (
+        (config_dir, "certbot's config dir"), (state_dir, "this config's run state"),
+        *((d, "certbot's own directory") for d in CERTBOT_DIRS))]
+    def where(t: Target) -> str:
+        return f"{path}: [{t.name}] {'path' if isinstance(t.output, FileOutput) else 'directory'}"
+
+    for t in targets:
+        for directory, what in protected:
+            if _inside(real[t.name], directory) or (
+                    isinstance(t.output, DirectoryOutput) and _inside(directory, real[t.name])):
+                raise ConfigError(f"{where(t)}: {t.destination} would write into {what} "
+                                  f"{directory}; publish outside it (e.g. under /etc/ssl or "
+                                  "the daemon's own config dir)")
+    for t in targets:
+        for other in targets:
+            if other.name != t.name and _inside(real[t.name], real[other.name]):
+                raise ConfigError(f"{where(t)}: {t.destination} is inside [{other.name}]'s "
+                                  f"{other.destination}; give each target its own path")
+
+
+def load(path: str, config_dir: str) -> Config:
+    """Read and validate the configuration file; raise ConfigError naming what is wrong.
+
+    ``path`` is resolved first (relative, or a symlink): the state and lock
+    beside it are the real file's, however it is named. ``config_dir`` is
+    certbot's, which no target may write into.
+    """
+    path = os.path.realpath(path)
+    try:
+        conf = ConfigObj(_read_trusted(path).splitlines(), interpolation=False,
+                         list_values=True, raise_errors=True)
     except ConfigObjError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for key in conf.scalars:
@@ -345,4 +415,6 @@ def load(path: str) -> Config:
             raise ConfigError(f"{path}: [{t.name}] and [{destinations[t.destination]}] both "
                               f"write {t.destination}")
         destinations[t.destination] = t.name
-    return Config(path=path, targets=targets)
+    config = Config(path=path, targets=targets)
+    _check_destinations(path, targets, config_dir, config.state_dir)
+    return config

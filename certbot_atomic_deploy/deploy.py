@@ -46,6 +46,7 @@ from certbot_atomic_deploy.publish import (
 from certbot_atomic_deploy.report import Outcome, RunResult
 from certbot_atomic_deploy.state import Record, StateDir, TargetState
 from daemon_keys.errors import (
+    ConfigError,
     KeysError,
     UsageError,
     ValidationError,
@@ -109,23 +110,18 @@ class Deployer:
             return leaf_info(material.leaf.text, material.sources["cert"]).names
         return _once(self._names, lineage, names)
 
-    def select(self, target: Target, wanted: set[str] | None) -> list[str]:
-        """The lineages this target takes in this run (step 1)."""
-        candidates = list(target.lineages) or self.lineages()
-        if wanted is not None:
-            candidates = [c for c in candidates if c in wanted]
-        if target.domains and not target.lineages:
-            from certbot_atomic_deploy.validate import covers
-            chosen = []
-            for lineage in candidates:
-                try:
-                    names = self.names(lineage)
-                except ValidationError:
-                    continue  # reported if a target names it; a broken stranger is not ours
-                if all(covers(names, pattern) for pattern in target.domains):
-                    chosen.append(lineage)
-            candidates = chosen
-        return candidates
+    def covering(self, target: Target, among: list[str]) -> list[str]:
+        """The lineages of ``among`` whose certificate covers every ``domains`` glob."""
+        from certbot_atomic_deploy.validate import covers
+        chosen = []
+        for lineage in among:
+            try:
+                names = self.names(lineage)
+            except ValidationError:
+                continue  # reported if a target names it; a broken stranger is not ours
+            if all(covers(names, pattern) for pattern in target.domains):
+                chosen.append(lineage)
+        return chosen
 
     # -- a run
 
@@ -158,27 +154,38 @@ class Deployer:
 
     def _select_one(self, target: Target, wanted: set[str] | None,
                     result: RunResult) -> str | None:
-        """Step (1) for one target: its lineage, or None (a failure is in ``result``)."""
-        where = f"{self.config.path}: [{target.name}]"
+        """Step (1) for one target: its lineage, or None (a failure is in ``result``).
+
+        A ``domains`` target takes the one lineage covering its globs among *all*
+        lineages, whichever were asked for: a run for one renewed lineage never
+        picks a target's lineage differently than ``deploy --all`` would.
+        """
+        if target.lineage is not None:
+            return target.lineage if wanted is None or target.lineage in wanted else None
         try:
-            chosen = self.select(target, wanted)
-        except ValidationError as exc:
-            chosen, why = [], str(exc)
-        else:
-            if len(chosen) == 1:
-                return chosen[0]
-            if chosen:
-                why = (f"{where} matches lineages {', '.join(chosen)}; one target takes one "
-                       "lineage (narrow lineage or domains)")
-            elif wanted is None:
-                why = (f"{where} no lineage in {self.config_dir}/live covers "
-                       f"{', '.join(target.domains)} (see 'certbot certificates')")
-            else:
-                # Only a domains target can choose nothing (a named lineage that does not
-                # exist fails when it is read): in the hook, another lineage was renewed.
-                return None
-        result.outcomes.append(Outcome(target.name, None, "failed", why))
-        return None
+            if wanted is not None and not self.covering(target, sorted(wanted)):
+                return None  # another lineage was renewed: not this target's business
+            return self.choose(target)
+        except KeysError as exc:
+            result.outcomes.append(Outcome(target.name, None, "failed", str(exc),
+                                           exit_code=exit_code(exc)))
+            return None
+
+    def choose(self, target: Target) -> str:
+        """The lineage a target takes: the named one, or the one covering its globs.
+        A ``domains`` target that several lineages cover is a config error."""
+        if target.lineage is not None:
+            return target.lineage
+        where = f"{self.config.path}: [{target.name}] domains"
+        chosen = self.covering(target, self.lineages())
+        if len(chosen) > 1:
+            raise ConfigError(f"{where} {', '.join(target.domains)} match lineages "
+                              f"{', '.join(chosen)}; a target takes one lineage (name it: "
+                              "lineage = NAME, or narrow domains)")
+        if not chosen:
+            raise KeysError(f"{where}: no lineage in {self.config_dir}/live covers "
+                            f"{', '.join(target.domains)} (see 'certbot certificates')")
+        return chosen[0]
 
     def _deploy_one(self, target: Target, lineage: str, dry_run: bool,
                     result: RunResult) -> Published | None:

@@ -56,7 +56,8 @@ class RunResult:
 
 def failure_lines(result: RunResult) -> list[str]:
     """One self-contained line per failure, for stderr."""
-    lines = [f"[{o.target}] {o.detail}" for o in result.outcomes if o.failed]
+    lines = [o.detail if f"[{o.target}]" in o.detail else f"[{o.target}] {o.detail}"
+             for o in result.outcomes if o.failed]  # named once: '[p] [p] ...' reads as two
     # A failed check is told in its target's line; a failed reload stands alone.
     lines += [f"reload '{c.command}' failed: {c.detail}" for c in result.commands
               if not c.ok and c.kind == "reload"]
@@ -89,15 +90,16 @@ def print_status(rows: list[dict[str, object]], as_json: bool) -> None:
               f"serial {r['serial']} expires {r['not_after']}; {r['detail']}")
 
 
-def print_config(config: Config) -> None:
+def print_config(config: Config, chosen: dict[str, str]) -> None:
+    """The resolved config; ``chosen``: each target's lineage as of now."""
     print(f"{config.path}: {len(config.targets)} target(s), state in {config.state_dir}")
     for t in config.targets:
-        which = (f"lineage {', '.join(t.lineages)}" if t.lineages
-                 else f"the lineage covering {', '.join(t.domains)}")
+        which = (f"lineage {t.lineage}" if t.lineage
+                 else f"the lineage covering {', '.join(t.domains)} (now: {chosen[t.name]})")
         preset = f" (preset {t.preset})" if t.preset else ""
         print(f"[{t.name}]{preset} {which} -> {t.describe()}; key files "
               f"{t.key.describe()}, others 0644; keep {t.keep}")
-        if t.domains and t.lineages:
+        if t.domains and t.lineage:
             print(f"    must cover: {', '.join(t.domains)}")
         if isinstance(t.output, FileOutput) and t.output.password_file:
             print(f"    keystore: PKCS#12, password from {t.output.password_file}, alias the "

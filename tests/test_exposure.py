@@ -73,7 +73,7 @@ keep = 1
         for i in range(deploys):
             v, key_pem, chain = versions[i % 2]
             write_lineage(site / "le", "mail", v, key_pem, chain)  # switch live/ to v
-            result = Deployer(load(str(conf)), str(site / "le")).deploy(None)
+            result = Deployer(load(str(conf), str(site / "le")), str(site / "le")).deploy(None)
             assert result.ok, [o.detail for o in result.outcomes]
     report(f"exposure watch, {deploys} deploys x 3 targets: {seen['scans']} scans, "
            f"{seen['opened']} files opened by the outsider, {seen['exposures']} key reads")

@@ -152,7 +152,7 @@ def test_every_preset_names_a_valid_key_mode_and_its_reason(tmp_path: Path) -> N
         owner = f"owner = {0 if preset.root_owned else ME}\n"
         path.write_text(f"[t]\npreset = {name}\nlineage = mail\npath = {tmp_path}/k\n"
                         f"{owner}group = {MY_GROUP}\n{password}")
-        target = load(str(path)).targets[0]
+        target = load(str(path), str(tmp_path / "le")).targets[0]
         assert (target.preset, target.key.gid) == (name, MY_GROUP)
 
 
@@ -347,3 +347,16 @@ def test_a_whole_deploy_imports_no_certbot(own_site: Path) -> None:
     assert "cryptography.x509" in modules  # something was validated: the whole path ran
     assert not {m.split(".")[0] for m in modules} & {"certbot", "acme", "josepy",
                                                       "certbot_perms"}
+
+
+def test_a_config_others_can_write_is_refused_before_anything_runs(
+        own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = own_site / "ran"
+    path = conf(own_site, f"[mail]\nlineage = mail\npath = {own_site}/out/mail.pem\n"
+                          f"format = postfix\ncheck = touch {marker}\n")
+    path.chmod(0o646)
+    code, out, err = run(capsys, deploy_cli.main, "--config-dir", str(own_site / "le"),
+                         "deploy", "--all")
+    assert code == 2 and out == "" and len(err) == 1
+    assert f"{path}: refused, writable by others (mode 0646)" in err[0]
+    assert not marker.exists() and not (own_site / "out" / "mail.pem").exists()
