@@ -153,4 +153,5 @@ def test_deploy_names_a_lineage_that_does_not_exist(site: Path) -> None:
     key, chain = make_chain(["www.example.org"])
     write_lineage(site / "le", "www", 1, pem_of(key), chain)
     result = deploy(site / "le", "deploy", "--lineage", "www")
-    assert result.returncode == 0 and "no target in" in result.stdout and "takes www" in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "no target in" in result.stdout and "takes www" in result.stdout
