@@ -48,19 +48,25 @@ certbot-atomic-deploy check-config; certbot-atomic-deploy deploy --all --dry-run
 
 certbot-atomic-deploy status --json (exit 1 when a target is not in sync)
 
-certbot-atomic-deploy rollback postfix"""),
+certbot-atomic-deploy rollback postfix
+
+certbot renew --deploy-hook 'certbot-atomic-deploy --defer-reloads' --post-hook
+'certbot-atomic-deploy reload-pending': each distinct reload runs once per certbot run,
+after every renewed lineage's checks."""),
     ("Configuration", """CONFIG_DIR/atomic-deploy.conf holds one section per target:
 lineage = NAME or domains = GLOB; path = FILE with format = key, cert, chain,
 fullchain, postfix (key, then the full chain), haproxy (full chain, then the key) or
 pkcs12 (with password_file), or directory = DIR (current -> vN/ holding every format);
 owner, group, mode (of files that hold the key; at most 0640); check and reload
-commands; keep; preset = postfix, dovecot, exim, haproxy, nginx, apache, ... A
+commands; timeout (seconds each command may run, default 300: then its whole process
+group is killed); keep; preset = postfix, dovecot, exim, haproxy, nginx, apache, ... A
 [defaults] section applies to every target."""),
     ("Exit status", EXIT_STATUS),
     ("Files", """CONFIG_DIR/atomic-deploy.conf: the targets.
 
 CONFIG_DIR/atomic-deploy.state/: state.json (what each target holds, for status and
-rollback) and the run lock, mode 0700."""),
+rollback, and the check or reload each still waits for: every later run, and
+reload-pending, runs it until it succeeds), kept/ and the run lock, mode 0700."""),
     ("See also", "certbot(1), certbot-perms(1)"),
 )
 
@@ -93,7 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("target", help="the target's section name")
     check_config = sub.add_parser("check-config",
                                   help="validate the config and show each target")
-    add_global_options(parser, [deploy, status, rollback, check_config], [
+    pending = sub.add_parser("reload-pending", help=(
+        "run every pending check and reload once (certbot's --post-hook, with "
+        "--defer-reloads on the deploy hook)"))
+    for p in (parser, deploy):
+        p.add_argument("--defer-reloads", action="store_true",
+                       default=False if p is parser else argparse.SUPPRESS, help=(
+                           "check now, leave the reloads pending for reload-pending "
+                           "(certbot runs its post-hook once, after every lineage)"))
+    add_global_options(parser, [deploy, status, rollback, check_config, pending], [
         (("--config-dir",), {"default": None, "help": (
             f"certbot config dir (default: from $RENEWED_LINEAGE, else {DEFAULT_CONFIG_DIR})")}),
         (("--config",), {"default": None, "help": (
@@ -144,6 +158,13 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
             result = deployer.rollback(args.target)
         print_result(result, False)
         return result.exit_code
+    if command == "reload-pending":
+        with deployer.state.lock(args.lock_timeout):
+            result = deployer.finish_pending()
+        if not result.commands and not result.outcomes:
+            print("nothing pending")
+        print_result(result, False)
+        return result.exit_code
     if command is None:  # certbot deploy hook ($RENEWED_LINEAGE checked above)
         renewed = os.environ["RENEWED_LINEAGE"]
         wanted: set[str] | None = {os.path.basename(os.path.normpath(renewed))}
@@ -161,7 +182,7 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         result = deployer.deploy(wanted, dry_run=True)
     else:
         with deployer.state.lock(args.lock_timeout):
-            result = deployer.deploy(wanted)
+            result = deployer.deploy(wanted, reload=not args.defer_reloads)
     if command is not None and not result.outcomes and not as_json:
         print(f"nothing to deploy: no target in {config.path} takes "
               f"{', '.join(sorted(wanted or ()))}")
@@ -178,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The deploy hook's own path (no arguments): argparse is not even imported,
         # because this runs on every renewal and its start-up time is what users feel.
         args = SimpleNamespace(command=None, config_dir=None, config=None, debug=False,
-                               lock_timeout=DEFAULT_LOCK_TIMEOUT)
+                               lock_timeout=DEFAULT_LOCK_TIMEOUT, defer_reloads=False)
     return run_reporting(PROG, lambda: run(args), args.debug)
 
 

@@ -6,15 +6,17 @@ target and lineage in its environment, stdin from /dev/null, and a time limit.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from collections.abc import Iterable
 
-COMMAND_TIMEOUT = 300.0
+OUTPUT_KEPT = 1 << 16  # bytes of each of a command's streams kept for its report
+DRAIN_SECONDS = 1.0  # how long output is still read once the shell has exited
 
 
 class CommandRun:
-    """One command that ran: what, whether it succeeded, and its last line if not."""
+    """One command that ran: what, whether it succeeded, and its first error line if not."""
 
     def __init__(self, command: str, ok: bool, detail: str, kind: str = "reload") -> None:
         self.command = command
@@ -38,16 +40,94 @@ def environment(config_dir: str, target: str, destination: str, lineage: str,
                 RENEWED_DOMAINS=" ".join(names))
 
 
-def run_command(command: str, env: dict[str, str], kind: str = "reload") -> CommandRun:
-    import subprocess  # only runs that changed something get here: keep it off start-up
+def run_command(command: str, env: dict[str, str], timeout: float,
+                kind: str = "reload") -> CommandRun:
+    """Run ``command`` with ``/bin/sh -c`` in a session of its own.
 
+    The run ends when the shell exits (a daemon it started may keep our pipes
+    open: we do not wait for them). Of its output only the first
+    :data:`OUTPUT_KEPT` bytes of each stream are kept, however much it prints.
+    Past ``timeout`` (or if we are interrupted) its whole process group is
+    killed, not just the shell: nothing it started outlives the run that waits
+    for it under the lock.
+    """
+    import selectors
+    import signal
+    import subprocess  # only runs that changed something get here: keep it off start-up
+    import time
+
+    proc = subprocess.Popen(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    kept: dict[int, bytearray] = {proc.stderr.fileno(): bytearray(),
+                                  proc.stdout.fileno(): bytearray()}
+    deadline = time.monotonic() + timeout
+    timed_out = False
     try:
-        proc = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True,
-                              text=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return CommandRun(command, False, f"timed out after {COMMAND_TIMEOUT:g} s", kind)
-    if proc.returncode == 0:
+        with selectors.DefaultSelector() as sel:
+            for fd in kept:
+                os.set_blocking(fd, False)
+                sel.register(fd, selectors.EVENT_READ)
+            drain_until = None
+            while sel.get_map():
+                now = time.monotonic()
+                if drain_until is None and proc.poll() is not None:
+                    drain_until = now + DRAIN_SECONDS
+                if drain_until is None and now >= deadline:
+                    timed_out = True
+                    break
+                # Once the shell is gone, read what is already there and stop: a daemon
+                # it started may hold the pipes open (or keep writing) for good.
+                if drain_until is not None and now >= drain_until:
+                    break
+                ready = sel.select(0 if drain_until else min(deadline - now, 0.2))
+                if drain_until is not None and not ready:
+                    break
+                for key, _ in ready:
+                    fd = int(key.fd)
+                    try:
+                        chunk = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        sel.unregister(fd)
+                    kept[fd] += chunk[:max(0, OUTPUT_KEPT - len(kept[fd]))]
+        if not timed_out:  # both streams closed early: the shell itself may still run
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+    finally:
+        if proc.poll() is None:  # timed out, or we were interrupted: stop all it started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    if timed_out:
+        return CommandRun(command, False, f"timed out after {timeout:g} s (killed it and "
+                                          "every process it started)", kind)
+    code = proc.wait()
+    if code == 0:
         return CommandRun(command, True, "ok", kind)
-    last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-    return CommandRun(command, False,
-                      f"exit {proc.returncode}" + (f": {last[-1]}" if last else ""), kind)
+    return CommandRun(command, False, _first_error(code, *(bytes(b) for b in kept.values())),
+                      kind)
+
+
+_ERROR_WORDS = ("error", "fatal", "fail", "invalid", "cannot", "can't", "unable", "denied",
+                "not found", "no such")
+
+
+def _first_error(code: int, *outputs: bytes) -> str:
+    """'exit N: LINE': the first line that reads as an error (a config test prints its
+    real complaint first and a summary last), else the first line; at most 300 chars."""
+    status = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+    for output in outputs:
+        lines = [line.strip() for line in output.decode("utf-8", "replace").splitlines()
+                 if line.strip()]
+        if lines:
+            line = next((x for x in lines if any(w in x.lower() for w in _ERROR_WORDS)),
+                        lines[0])
+            return f"{status}: {line[:300]}"
+    return status

@@ -45,6 +45,8 @@ from daemon_keys.fs import open_dir, read_regular, unsafe_reason
 from daemon_keys.keyspec import KeySpec, parse_spec
 
 DEFAULT_KEEP = 2
+DEFAULT_TIMEOUT = 300.0  # seconds a check or reload may run before its process group is killed
+MAX_TIMEOUT = 86400
 PUBLIC_FILE_MODE = 0o644
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FORMAT_NAMES = (*FILE_FORMATS, *FORMAT_ALIASES)
@@ -74,6 +76,17 @@ def _choice(choices: tuple[str, ...]) -> Callable[[object], object]:
     return check
 
 
+def _timeout(value: object) -> object:
+    text = _one(value, "a number of seconds")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 1 <= seconds <= MAX_TIMEOUT:
+        raise ValueError(f"'{text}' is not a number of seconds from 1 to {MAX_TIMEOUT}")
+    return seconds
+
+
 def _keep(value: object) -> object:
     text = _one(value, "a number")
     if not text.isdigit() or not 0 <= int(text) <= 100:
@@ -97,6 +110,7 @@ SPEC: dict[str, Callable[[object], object]] = {
     "reload": _words,
     "check": _words,
     "keep": _keep,
+    "timeout": _timeout,
     "password_file": _text("one path"),
 }
 _FORMATS = ", ".join(repr(f) for f in _FORMAT_NAMES)
@@ -149,6 +163,7 @@ class Target(NamedTuple):
     check: tuple[str, ...]
     keep: int
     preset: str | None = None
+    timeout: float = DEFAULT_TIMEOUT  # of each check and reload command
 
     @property
     def destination(self) -> str:
@@ -271,6 +286,7 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         reload=get_list("reload"),
         check=get_list("check"),
         keep=DEFAULT_KEEP if keep is None else int(str(keep)),
+        timeout=DEFAULT_TIMEOUT if get("timeout") is None else float(str(get("timeout"))),
         preset=str(preset_name) if preset_name is not None else None)
 
 

@@ -44,7 +44,13 @@ from certbot_atomic_deploy.publish import (
     rollback_directory,
 )
 from certbot_atomic_deploy.report import Outcome, RunResult
-from certbot_atomic_deploy.state import Record, StateDir, TargetState
+from certbot_atomic_deploy.state import (
+    PENDING_CHECK,
+    PENDING_RELOAD,
+    Record,
+    StateDir,
+    TargetState,
+)
 from daemon_keys.errors import (
     ConfigError,
     KeysError,
@@ -70,6 +76,7 @@ class Published(NamedTuple):
     undo: Undo
     record: Record
     data: bytes | None  # a file target's bytes, kept in the state for rollback
+    before: TargetState  # its record before this run, put back if its check fails
 
 
 class Deployer:
@@ -125,7 +132,10 @@ class Deployer:
 
     # -- a run
 
-    def deploy(self, wanted: set[str] | None, dry_run: bool = False) -> RunResult:
+    def deploy(self, wanted: set[str] | None, dry_run: bool = False,
+               reload: bool = True) -> RunResult:
+        """A run (the contract above). ``reload=False`` leaves the reloads pending, for
+        ``reload-pending`` (certbot's post-hook) to run once after every lineage."""
         result = RunResult()
         published: list[Published] = []
         for target in self.config.targets:
@@ -136,21 +146,98 @@ class Deployer:
                     published.append(done)
         if dry_run:
             return result
-        reloads: dict[str, dict[str, str]] = {}
+        for p in published:  # (5)
+            self._save(p.target, p.record, p.data, _pending_after_publish(p.target))
+        if any(p.target.check for p in published):
+            self._flush(result)  # a check a crash cuts short runs again next time
         for p in published:
-            env = self._env(p.target, p.lineage, p.record.names)
-            failed = self._run_checks(p, env, result)  # (5)
-            if failed is not None:
-                self._undo(p, failed)  # (6)
-                continue
-            self._save(p.target, p.record, p.data)
-            for template in p.target.reload:
-                reloads.setdefault(expand(template, p.target.destination, p.lineage,
-                                          p.record.names), env)
-        self._flush(result)  # (7)
-        for command, env in reloads.items():
-            result.commands.append(run_command(command, env))  # (8)
+            failed = self._run_checks(p.target, p.record, result)  # (6)
+            if failed is None:
+                self._passed(p.target)
+            else:
+                self._undo(p, failed)  # (7)
+        self._resume_checks({p.target.name for p in published}, result)
+        self._flush(result)
+        if reload:
+            self.run_reloads(result)  # (8)
         return result
+
+    def _resume_checks(self, done: set[str], result: RunResult) -> None:
+        """(6, 7) for what an interrupted run left published with its check pending:
+        run the check now; a target whose check fails goes back to its previous
+        publish (``done``: the targets this run has just checked)."""
+        for target in self.config.targets:
+            state = self.state.load(target.name)
+            if (target.name in done or state.pending != PENDING_CHECK
+                    or state.current is None):
+                continue
+            current = state.current
+            failed = self._run_checks(target, current, result)
+            if failed is None:
+                self._passed(target)
+                continue
+            outcome = Outcome(target.name, current.lineage, "failed",
+                              f"check '{failed.command}' of the publish an interrupted run "
+                              f"left ({current.lineage} v{current.version}) failed "
+                              f"({failed.detail})", current.version, current.serial)
+            result.outcomes.append(outcome)
+            try:
+                previous = self._restore_previous(target)
+            except (KeysError, OSError) as exc:
+                outcome.detail += f"; it stays published, check pending: {_why(exc)}"
+            else:
+                outcome.status = "rolled-back"
+                outcome.detail += (f"; put back {previous.lineage} v{previous.version}; "
+                                   "reload skipped")
+
+    def _passed(self, target: Target) -> None:
+        """Its checks passed: now its reload is what is pending (if it has one)."""
+        state = self.state.load(target.name)
+        state.set_pending(PENDING_RELOAD if target.reload else None, _now())
+        self.state.put(target.name, state)
+
+    def finish_pending(self) -> RunResult:
+        """``reload-pending``: the checks and then the reloads earlier runs left pending."""
+        result = RunResult()
+        self._resume_checks(set(), result)
+        self._flush(result)
+        self.run_reloads(result)
+        return result
+
+    def run_reloads(self, result: RunResult) -> None:
+        """(8) Every distinct reload command of every target whose reload is pending
+        (this run's, and any an earlier run could not finish), once; a target stops
+        being pending when all its commands succeeded."""
+        commands: dict[str, dict[str, str]] = {}
+        waiting: dict[str, list[str]] = {}
+        for target in self.config.targets:
+            state = self.state.load(target.name)
+            if state.pending != PENDING_RELOAD or state.current is None:
+                continue
+            current = state.current
+            env = self._env(target, current.lineage, current.names)
+            waiting[target.name] = [expand(t, target.destination, current.lineage,
+                                           current.names) for t in target.reload]
+            for command in waiting[target.name]:
+                commands.setdefault(command, env)
+        if not waiting:
+            return
+        ok = set()
+        for command, env in commands.items():
+            run = run_command(command, env, timeout=self._timeout(command, waiting))
+            result.commands.append(run)
+            if run.ok:
+                ok.add(command)
+        for name, needed in waiting.items():
+            if all(c in ok for c in needed):
+                state = self.state.load(name)
+                state.set_pending(None, _now())
+                self.state.put(name, state)
+        self._flush(result)
+
+    def _timeout(self, command: str, waiting: dict[str, list[str]]) -> float:
+        """A shared reload's time limit: the longest of the targets that run it."""
+        return max(t.timeout for t in self.config.targets if command in waiting.get(t.name, ()))
 
     def _select_one(self, target: Target, wanted: set[str] | None,
                     result: RunResult) -> str | None:
@@ -223,7 +310,8 @@ class Deployer:
             f"{target.destination}: {lineage} v{material.version} (serial {info.serial}, "
             f"expires {info.not_after:%Y-%m-%d})", material.version, info.serial)
         result.outcomes.append(outcome)
-        return Published(target, lineage, outcome, undo, record, _file_bytes(target, files))
+        return Published(target, lineage, outcome, undo, record, _file_bytes(target, files),
+                         state.copy())
 
     def _publish(self, target: Target, files: dict[str, NewFile]) -> Undo:
         output = target.output
@@ -241,7 +329,8 @@ class Deployer:
                 lineage, material.version):
             return
         record = payload.stamp(self._record(state, lineage, material, self.checked(lineage)))
-        self._save(target, record, _file_bytes(target, payload.build()))
+        self._save(target, record, _file_bytes(target, payload.build()),
+                   _pending_after_publish(target))
 
     def _record(self, state: TargetState, lineage: str, material: Material,
                 info: CertInfo) -> Record:
@@ -249,15 +338,19 @@ class Deployer:
                                                     else [0])) + 1
         return Record(seq=seq, lineage=lineage, version=material.version, serial=info.serial,
                       not_after=info.not_after.isoformat(), names=list(info.names),
-                      published_at=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                          timespec="seconds"))
+                      published_at=_now())
 
-    def _save(self, target: Target, record: Record, data: bytes | None) -> None:
+    def _save(self, target: Target, record: Record, data: bytes | None,
+              pending: str | None = None) -> None:
         state = self.state.load(target.name)
         if state.current is not None and state.current.seq != record.seq:
             state.history.append(state.current)
         state.current = record
-        self.state.save(target.name, state, data, keep=target.keep)
+        state.set_pending(pending, _now())
+        # While its check is pending, one more old publish is kept: a failed check
+        # puts the target back, and the record it goes back to must still be there.
+        self.state.save(target.name, state, data,
+                        keep=target.keep + (pending == PENDING_CHECK))
 
     def _flush(self, result: RunResult) -> None:
         try:
@@ -270,26 +363,31 @@ class Deployer:
     def _env(self, target: Target, lineage: str, names: list[str]) -> dict[str, str]:
         return environment(self.config_dir, target.name, target.destination, lineage, names)
 
-    def _run_checks(self, p: Published, env: dict[str, str],
+    def _run_checks(self, target: Target, record: Record,
                     result: RunResult) -> CommandRun | None:
-        for template in p.target.check:
-            run = run_command(expand(template, p.target.destination, p.lineage,
-                                     p.record.names), env, kind="check")
+        env = self._env(target, record.lineage, record.names)
+        for template in target.check:
+            run = run_command(expand(template, target.destination, record.lineage,
+                                     record.names), env, kind="check", timeout=target.timeout)
             result.commands.append(run)
             if not run.ok:
                 return run
         return None
 
     def _undo(self, p: Published, failed: CommandRun) -> None:
+        """(7) Put a target whose check failed back as it was, and its record with it."""
         try:
             p.undo.action()
-            p.outcome.status = "rolled-back"
-            p.outcome.detail = (f"check '{failed.command}' failed ({failed.detail}); "
-                                f"{p.undo.description}; reload skipped")
         except (KeysError, OSError) as exc:
             p.outcome.status = "failed"
             p.outcome.detail = (f"check '{failed.command}' failed ({failed.detail}) and the "
-                                f"rollback failed too: {_why(exc, p.target.destination)}")
+                                f"rollback failed too: {_why(exc, p.target.destination)}; "
+                                "its check stays pending")
+            return
+        self.state.put(p.target.name, p.before)
+        p.outcome.status = "rolled-back"
+        p.outcome.detail = (f"check '{failed.command}' failed ({failed.detail}); "
+                            f"{p.undo.description}; reload skipped")
 
     # -- rollback command
 
@@ -298,45 +396,57 @@ class Deployer:
         if target is None:
             raise UsageError(f"{self.config.path}: no target [{name}] (targets: "
                              f"{', '.join(t.name for t in self.config.targets)})")
+        previous = self._restore_previous(target)
         state = self.state.load(name)
-        if state.current is None or not state.history:
-            raise KeysError(f"[{name}]: no earlier version is kept to roll back to "
-                            "(keep = N keeps N)")
-        previous = state.history.pop()
-        output = target.output
-        if isinstance(output, FileOutput):
-            fmt = output.format
-            publish_file(output.path, NewFile(self.state.file_version(name, previous.seq),
-                                              target.key.uid, target.key.gid,
-                                              target.mode_of(fmt)), self.leftovers)
-        else:
-            rollback_directory(output.directory, target.key.uid)
-        state.current = previous
-        self.state.save(name, state, keep=target.keep + 1)
+        state.set_pending(PENDING_RELOAD if target.reload else None, _now())
+        self.state.put(name, state)
         self.state.flush()
         result = RunResult([Outcome(name, previous.lineage, "published",
                                     f"{target.destination}: rolled back to {previous.lineage} "
                                     f"v{previous.version} (serial {previous.serial})",
                                     previous.version, previous.serial)])
-        env = self._env(target, previous.lineage, previous.names)
-        for template in target.reload:
-            result.commands.append(run_command(
-                expand(template, target.destination, previous.lineage, previous.names), env))
+        self.run_reloads(result)
         return result
+
+    def _restore_previous(self, target: Target) -> Record:
+        """Put the target's previous publish back on disk and make it the current record
+        (in memory: the caller flushes)."""
+        name = target.name
+        state = self.state.load(name)
+        if state.current is None or not state.history:
+            raise KeysError(f"[{name}]: no earlier version is kept to roll back to "
+                            "(keep = N keeps N)")
+        previous = state.history[-1]
+        output = target.output
+        if isinstance(output, FileOutput):
+            publish_file(output.path, NewFile(self.state.file_version(name, previous.seq),
+                                              target.key.uid, target.key.gid,
+                                              target.mode_of(output.format)), self.leftovers)
+        else:
+            rollback_directory(output.directory, target.key.uid)
+        state.history.pop()
+        state.current = previous
+        state.set_pending(None, _now())
+        self.state.save(name, state, keep=target.keep + 1)
+        return previous
 
     # -- status
 
     def status(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
         for target in self.config.targets:
-            current = self.state.load(target.name).current
+            state = self.state.load(target.name)
+            current = state.current
             row: dict[str, object] = {"target": target.name,
                                       "destination": target.destination,
                                       "lineage": current.lineage if current else None,
                                       "serial": current.serial if current else None,
                                       "not_after": current.not_after if current else None,
                                       "version": current.version if current else None,
-                                      "seq": current.seq if current else None}
+                                      "seq": current.seq if current else None,
+                                      "published_at": current.published_at if current else None,
+                                      "pending": state.pending,
+                                      "pending_since": state.pending_since}
             if current is None:
                 row["in_sync"] = False
                 row["detail"] = "never deployed"
@@ -347,11 +457,27 @@ class Deployer:
                     row["lineage_version"] = material.version
                     row["detail"] = ("in sync" if row["in_sync"] else
                                      f"lineage is at v{material.version}; run deploy")
+                    if state.pending is not None:
+                        row["in_sync"] = False
+                        row["detail"] = (f"published, {state.pending} pending (since "
+                                         f"{state.pending_since}; 'certbot-atomic-deploy "
+                                         "reload-pending' runs it)")
                 except KeysError as exc:  # the lineage, or a keystore's password file
                     row["in_sync"] = False
                     row["detail"] = str(exc)
             rows.append(row)
         return rows
+
+
+def _pending_after_publish(target: Target) -> str | None:
+    """What a just-published target waits for: its check, else its reload, else nothing."""
+    if target.check:
+        return PENDING_CHECK
+    return PENDING_RELOAD if target.reload else None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _once(cache: dict[str, T | ValidationError], key: str, compute: Callable[[], T]) -> T:

@@ -55,11 +55,31 @@ class Record(NamedTuple):
     digest: str | None = None
 
 
+# What a published target still needs, kept until it has run (a later run retries it).
+PENDING_CHECK = "check"  # published, its check not passed yet (a failure rolls it back)
+PENDING_RELOAD = "reload"  # published and checked, its reload not run yet
+PENDING = (PENDING_CHECK, PENDING_RELOAD)
+
+
 class TargetState:
     def __init__(self, current: Record | None = None,
-                 history: list[Record] | None = None) -> None:
+                 history: list[Record] | None = None, pending: str | None = None,
+                 pending_since: str | None = None) -> None:
         self.current = current
         self.history = history or []  # older publishes, oldest first
+        self.pending = pending  # one of PENDING, or None
+        self.pending_since = pending_since  # when it became pending (ISO 8601, UTC)
+
+    def copy(self) -> TargetState:
+        return TargetState(self.current, list(self.history), self.pending, self.pending_since)
+
+    def set_pending(self, what: str | None, now: str) -> None:
+        if what is None:
+            self.pending = self.pending_since = None
+        else:
+            if self.pending is None:
+                self.pending_since = now
+            self.pending = what
 
     def seqs(self) -> set[int]:
         return {r.seq for r in self.history} | ({self.current.seq} if self.current else set())
@@ -88,18 +108,29 @@ class StateDir:
                 with open(self.file, encoding="utf-8") as f:
                     raw = json.load(f)
                 self._targets = {}
-                for name, t in raw.get("targets", {}).items():
+                for name, t in _mapping(_mapping(raw, "the file").get("targets", {}),
+                                        "targets").items():
+                    t = _mapping(t, f"target {name}")
+                    pending = _mapping(t.get("pending") or {}, f"{name} pending")
+                    what = pending.get("what")
+                    if what is not None and what not in PENDING:
+                        raise ValueError(f"{name}: pending '{what}' is not one of "
+                                         f"{', '.join(PENDING)}")
                     self._targets[name] = TargetState(
-                        current=Record(**t["current"]) if t.get("current") else None,
-                        history=[Record(**r) for r in t.get("history", [])])
-                    for seq, text in t.get("files", {}).items():  # 0.1.0 kept them inline
-                        self._new_copies[(name, int(seq))] = _legacy_bytes(text)
+                        current=_record(t["current"]) if t.get("current") else None,
+                        history=[_record(r) for r in _list(t.get("history", []))],
+                        pending=what,
+                        pending_since=_text_or_none(pending.get("since")))
+                    for seq, text in _mapping(t.get("files", {}), "files").items():
+                        # 0.1.0 kept them inline
+                        self._new_copies[(name, int(seq))] = _legacy_bytes(str(text))
                         self._dirty = True
             except FileNotFoundError:
                 self._targets = {}
-            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            except (OSError, ValueError, TypeError, KeyError) as exc:
                 raise KeysError(f"{self.file}: unreadable state ({exc}); move it away and "
-                                "deploy again (status and rollback start afresh)") from None
+                                "deploy again (status and rollback start afresh; pending "
+                                "reloads are lost: run them by hand)") from None
         return self._targets
 
     def load(self, target: str) -> TargetState:
@@ -114,6 +145,11 @@ class StateDir:
         self._all()[target] = state
         self._dirty = True
 
+    def put(self, target: str, state: TargetState) -> None:
+        """Record ``state`` as it is (in memory until :meth:`flush`)."""
+        self._all()[target] = state
+        self._dirty = True
+
     def flush(self) -> None:
         """Write what changed: new kept copies, then ``state.json``, then drop old copies."""
         if not self._dirty:
@@ -122,7 +158,9 @@ class StateDir:
         wanted = {(name, seq) for name, t in targets.items() for seq in t.seqs()}
         body = json.dumps({"targets": {
             name: {"current": t.current._asdict() if t.current else None,
-                   "history": [r._asdict() for r in t.history]}
+                   "history": [r._asdict() for r in t.history],
+                   **({"pending": {"what": t.pending, "since": t.pending_since}}
+                      if t.pending else {})}
             for name, t in sorted(targets.items())}},
             separators=(",", ":")).encode()  # compact: the C encoder (indent is Python's)
         fd = self._open()
@@ -220,3 +258,46 @@ def _legacy_bytes(text: str) -> bytes:
         import base64
         return base64.b64decode(text[len("base64:"):])
     return text.encode("ascii")
+
+
+# -- reading state.json as it should be, and saying what is wrong if it is not
+
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "seq": (int,), "lineage": (str,), "version": (int,), "serial": (str,),
+    "not_after": (str,), "names": (list,), "published_at": (str,),
+    "source": (str, type(None)), "digest": (str, type(None))}
+
+
+def _mapping(value: object, what: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: not a JSON object")
+    return value
+
+
+def _list(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise ValueError("history: not a JSON list")
+    return value
+
+
+def _text_or_none(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"'{value}' is not a time")
+    return value
+
+
+def _record(value: object) -> Record:
+    """A Record from its JSON, each field of its type (bool is not an int here)."""
+    fields = _mapping(value, "a record")
+    for key, types in _FIELDS.items():
+        if key in ("source", "digest") and key not in fields:
+            continue
+        item = fields.get(key)
+        if isinstance(item, bool) or not isinstance(item, types):
+            raise ValueError(f"record field '{key}': {item!r} is not a "
+                             f"{' or '.join(t.__name__ for t in types)}")
+    names = fields["names"]
+    assert isinstance(names, list)
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError("record field 'names': not a list of names")
+    return Record(**fields)  # type: ignore[arg-type]  # an unknown key: TypeError, caught

@@ -11,7 +11,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from daemon_keys import __version__
-from daemon_keys.errors import EXIT_FAILED, KeysError, describe_os_error, describe_unexpected
+from daemon_keys.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    KeysError,
+    describe_os_error,
+    describe_unexpected,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -56,6 +62,10 @@ def run_reporting(prog: str, run: Callable[[], int], debug: bool) -> int:
     except OSError as exc:
         print(f"{prog}: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; whatever was written is whole, and what it had not "
+              "finished is left pending for the next run", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if debug:
             raise

@@ -19,6 +19,7 @@ import os
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
 # The table above, for both commands' man pages.
 EXIT_STATUS = """0: done (check: nothing found).
 
@@ -27,7 +28,10 @@ has one line per failure.
 
 2: usage, a configuration file (or a file it names) or a key spec, or the lock.
 A command that stops on it has changed nothing; a deploy run whose error
-concerns one target still publishes the others."""
+concerns one target still publishes the others.
+
+130: interrupted (Ctrl-C); what was written is whole, and what was not finished
+(a check, a reload) is pending for the next run (certbot-atomic-deploy)."""
 
 
 class KeysError(Exception):

@@ -4,17 +4,24 @@ match, and the rough edges of the by-hand commands. Each runs the installed comm
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.figures import report
 from tests.support.pki import make_chain, pem_of
+from tests.support.procs import stop_process, wait_until
 from tests.support.site import (
     DEPLOY,
     basic_conf,
     deploy,
+    new_version,
     one_line,
     snapshot,
     write_conf,
@@ -155,3 +162,145 @@ def test_deploy_names_a_lineage_that_does_not_exist(site: Path) -> None:
     result = deploy(site / "le", "deploy", "--lineage", "www")
     assert result.returncode == 0, result.stderr
     assert "no target in" in result.stdout and "takes www" in result.stdout
+
+
+# -- every check and reload eventually runs (issue 12, items 4, 5 and 9)
+
+def _status(site: Path) -> dict[str, object]:
+    result = deploy(site / "le", "status", "--json")
+    rows = json.loads(result.stdout)
+    assert len(rows) == 1
+    return dict(rows[0], exit=result.returncode)
+
+
+def test_a_failed_reload_stays_pending_and_the_next_run_retries_it(site: Path) -> None:
+    log, ready = site / "reloads.log", site / "daemon-up"
+    basic_conf(site, f"reload = test -e {ready} && echo run >> {log}")
+    first = deploy(site / "le", "deploy", "--all")
+    assert first.returncode == 1 and "reload 'test -e" in one_line(first)
+    status = _status(site)
+    assert (status["exit"], status["in_sync"], status["pending"]) == (1, False, "reload")
+    assert "published, reload pending (since" in str(status["detail"])
+    ready.touch()
+    # The content is current, yet the reload it never had runs now, once.
+    second = deploy(site / "le", "deploy", "--all")
+    assert second.returncode == 0, second.stderr
+    assert "unchanged" in second.stdout and f"reload ok: test -e {ready}" in second.stdout
+    assert log.read_text() == "run\n"
+    status = _status(site)
+    assert (status["exit"], status["in_sync"], status["pending"]) == (0, True, None)
+    assert deploy(site / "le", "deploy", "--all").returncode == 0
+    assert log.read_text() == "run\n"  # nothing pending: no reload
+
+
+def test_a_check_cut_short_by_ctrl_c_runs_again_and_rolls_back_if_it_fails(
+        site: Path) -> None:
+    log, pid_file = site / "reloads.log", site / "check.pid"
+    basic_conf(site, f"reload = echo run >> {log}")
+    assert deploy(site / "le", "deploy", "--all").returncode == 0
+    old = (site / "out" / "mail.pem").read_bytes()
+    new_version(site)
+    basic_conf(site, f"check = echo $$ > {pid_file}; exec sleep 60\nreload = echo run >> {log}")
+    proc = subprocess.Popen([DEPLOY, "--config-dir", str(site / "le"), "deploy", "--all"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 30,
+                   "the check started")
+        check_pid = int(pid_file.read_text())
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 130 and err.strip().count("\n") == 0, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not Path(f"/proc/{check_pid}").exists()  # the check went with it
+    assert (site / "out" / "mail.pem").read_bytes() != old  # v2, unchecked
+    assert _status(site)["pending"] == "check"
+    # The next run (now with a check that fails) runs the check, and rolls v2 back.
+    basic_conf(site, f"check = false\nreload = echo run >> {log}")
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 1
+    assert "of the publish an interrupted run left (mail v2) failed" in one_line(result)
+    assert "put back mail v1" in one_line(result)
+    assert (site / "out" / "mail.pem").read_bytes() == old
+    assert log.read_text() == "run\n"  # only the first run's
+    status = _status(site)
+    assert (status["version"], status["pending"]) == (1, None)
+
+
+def test_a_check_cut_short_runs_again_and_then_the_reload(site: Path) -> None:
+    log = site / "reloads.log"
+    basic_conf(site, f"check = kill -INT $PPID; sleep 5\nreload = echo run >> {log}")
+    # The check interrupts the run that started it, like a Ctrl-C at that moment.
+    assert deploy(site / "le", "deploy", "--all").returncode == 130
+    assert not log.exists() and _status(site)["pending"] == "check"
+    basic_conf(site, f"check = true\nreload = echo run >> {log}")
+    result = deploy(site / "le", "reload-pending")
+    assert result.returncode == 0, result.stderr
+    assert log.read_text() == "run\n" and _status(site)["pending"] is None
+    assert deploy(site / "le", "reload-pending").stdout.startswith("nothing pending")
+
+
+def test_a_hanging_check_is_killed_with_everything_it_started(site: Path) -> None:
+    pid_file = site / "grandchild.pid"
+    basic_conf(site, f"timeout = 1\ncheck = sleep 60 & echo $! > {pid_file}; wait")
+    started = time.monotonic()
+    result = deploy(site / "le", "deploy", "--all")
+    took = time.monotonic() - started
+    assert result.returncode == 1 and "timed out after 1 s" in one_line(result)
+    assert took < 30
+    grandchild = int(pid_file.read_text())
+    wait_until(lambda: not Path(f"/proc/{grandchild}").exists(), 5, "the grandchild went")
+    assert not (site / "out" / "mail.pem").exists()  # rolled back: there was none before
+    # The lock was let go with the run: the next one does not wait for it.
+    assert deploy(site / "le", "--lock-timeout", "0", "status").returncode == 1
+
+
+def test_a_reload_printing_300_mb_is_not_held_in_memory(site: Path) -> None:
+    basic_conf(site, "reload = head -c 300000000 /dev/zero | tr '\\0' x; exit 3")
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], "
+               "capture_output=True, text=True); print(r.returncode); print(r.stderr, "
+               "end=''); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", measure, DEPLOY, "--config-dir",
+                             str(site / "le"), "deploy", "--all"], capture_output=True,
+                            text=True, timeout=120)
+    lines = result.stdout.strip().splitlines()
+    code, line, max_rss_kb = int(lines[0]), lines[1], int(lines[-1])
+    report(f"a reload printing 300 MB: largest process {max_rss_kb / 1024:.0f} MiB")
+    assert code == 1 and "reload 'head -c" in line and "failed: exit 3: xxx" in line
+    assert len(line) < 1000
+    assert max_rss_kb < 100 * 1024
+
+
+def test_a_failing_check_is_told_by_its_first_error_line_bounded(site: Path) -> None:
+    basic_conf(site, "check = echo 'Load smb config files' >&2; echo 'ERROR: the real cause' "
+                     ">&2; echo 'Loaded services file OK.' >&2; exit 1")
+    line = one_line(deploy(site / "le", "deploy", "--all"))
+    assert "(exit 1: ERROR: the real cause)" in line
+    basic_conf(site, "check = printf 'x%.0s' $(seq 5000) >&2; exit 1")
+    assert len(one_line(deploy(site / "le", "deploy", "--all"))) < 600
+
+
+@pytest.mark.parametrize("body", [
+    "[]",
+    '{"targets": []}',
+    '{"targets": {"postfix": "yes"}}',
+    '{"targets": {"postfix": {"current": {"seq": "one"}}}}',
+    '{"targets": {"postfix": {"current": {"seq": 1, "lineage": "mail", "version": 1, '
+    '"serial": "1", "not_after": "x", "names": [1], "published_at": "x"}}}}',
+    '{"targets": {"postfix": {"current": null, "history": {}}}}',
+    '{"targets": {"postfix": {"current": null, "pending": {"what": "coffee"}}}}',
+])
+def test_a_state_file_of_the_wrong_shape_is_one_line_not_a_traceback(site: Path,
+                                                                     body: str) -> None:
+    basic_conf(site)
+    state = site / "le" / "atomic-deploy.state"
+    state.mkdir(mode=0o700)
+    (state / "state.json").write_text(body)
+    for command in (["status"], ["deploy", "--all"], ["rollback", "postfix"],
+                    ["reload-pending"]):
+        result = deploy(site / "le", *command)
+        line = one_line(result)
+        assert result.returncode == 1 and "unreadable state" in line, (command, line)
+        assert "unexpected" not in line
+    assert not (site / "out" / "mail.pem").exists()
