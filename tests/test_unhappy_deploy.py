@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,13 +22,17 @@ from tests.support.site import (
     DEPLOY,
     basic_conf,
     deploy,
+    lineage_bytes,
     new_version,
     one_line,
     snapshot,
     write_conf,
     write_lineage,
 )
+from tests.support.testbed import Certbot
 from tests.support.users import NOBODY
+
+HOOKS = Path(__file__).parent.parent / "hooks"
 
 
 @pytest.mark.parametrize("how", ["mode 0666", "mode 0620 group 1", "owned by nobody",
@@ -304,3 +309,51 @@ def test_a_state_file_of_the_wrong_shape_is_one_line_not_a_traceback(site: Path,
         assert result.returncode == 1 and "unreadable state" in line, (command, line)
         assert "unexpected" not in line
     assert not (site / "out" / "mail.pem").exists()
+
+
+def test_one_certbot_renew_of_many_lineages_reloads_once_with_the_post_hook(
+        certbot: Certbot, open_tmp: Path) -> None:
+    """Certbot runs a deploy hook per renewed lineage, and identical post-hooks once."""
+    count = 20 if os.environ.get("CERTBOT_DAEMON_KEYS_SLOW") else 3
+    out, log = open_tmp / "out", open_tmp / "commands.log"
+    out.mkdir(mode=0o755)
+    certbot.config_dir.mkdir(parents=True)
+    names = [f"mail{i}" for i in range(count)]
+    write_conf(certbot.config_dir, f"[defaults]\nformat = postfix\n"
+                                   f"check = echo check {{lineage}} >> {log}\n"
+                                   f"reload = echo reload >> {log}\n\n" + "".join(
+        f"[{n}]\nlineage = {n}\npath = {out}/{n}.pem\n\n" for n in names))
+    certbot.extra_env["PATH"] = f"{Path(DEPLOY).parent}:{os.environ['PATH']}"
+    for n in names:
+        certbot.certonly(n, [f"{n}.example.org"])
+    reloads = {}
+    # Deferred first: certbot saves a --deploy-hook in each renewal conf for good.
+    for mode in ("hooks/*-deferred + hooks/*-reload-pending", "a deploy hook alone"):
+        installed = [(certbot.config_dir / "renewal-hooks" / kind, script) for script, kind in (
+            ("certbot-atomic-deploy-deferred", "deploy"),
+            ("certbot-atomic-deploy-reload-pending", "post"))]
+        if mode.startswith("hooks"):  # the scripts, where the README puts them
+            for directory, script in installed:
+                directory.mkdir(parents=True, exist_ok=True)
+                shutil.copy(HOOKS / script, directory)
+            hooks = []
+        else:
+            for directory, script in installed:
+                (directory / script).unlink()
+            hooks = ["--deploy-hook", "certbot-atomic-deploy"]
+        log.unlink(missing_ok=True)
+        certbot.renew("--force-renewal", *hooks)
+        lines = log.read_text().splitlines()
+        reloads[mode] = lines.count("reload")
+        # every lineage was checked, and each reload came after every check
+        assert sorted(x for x in lines if x.startswith("check")) == sorted(
+            f"check {n}" for n in names)
+        assert all(lineage_bytes(certbot.config_dir, n)["privkey"] in
+                   (out / f"{n}.pem").read_bytes() for n in names)
+    report(f"{count} lineages renewed by one certbot renew, one shared reload: "
+           + "; ".join(f"{mode}: {n} reloads" for mode, n in reloads.items()))
+    assert reloads == {"a deploy hook alone": count,
+                       "hooks/*-deferred + hooks/*-reload-pending": 1}
+    assert lines[-1] == "reload"
+    status = json.loads(deploy(certbot.config_dir, "status", "--json").stdout)
+    assert [r["pending"] for r in status] == [None] * count
