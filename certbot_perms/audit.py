@@ -34,9 +34,9 @@ from certbot_perms.lineage import (
     search_principals,
 )
 from certbot_perms.records import spec_for
-from daemon_keys.errors import KeysError, describe_os_error
+from daemon_keys.errors import ConfigError, KeysError, describe_os_error
 from daemon_keys.fs import READ_DIR, READ_FILE
-from daemon_keys.keyspec import KEY_MODE_OWNER_ONLY, KeySpec, exceeds
+from daemon_keys.keyspec import KEY_MODE_OWNER_ONLY, KeySpec, exceeds, name_of_gid, name_of_uid
 
 PRIVATE_DIRS = ("live", "archive", "accounts")
 DEFAULT_SPEC = KeySpec(uid=0, gid=0, mode=KEY_MODE_OWNER_ONLY, owner_name="root",
@@ -122,26 +122,47 @@ def _tighten_to_owner(dir_fd: int, name: str) -> None:
 
 
 class _Specs:
-    """Each lineage's spec, read once per audit (the key and the ACL checks both need it)."""
+    """Each lineage's spec, read once per audit (the key and the ACL checks both need it).
 
-    def __init__(self, config_dir: str) -> None:
+    A spec that cannot be read (a bad value, a deleted group) is a finding of its
+    own; that lineage's keys and ACL entries are then left unjudged, and unfixed:
+    judging them by 0600 root would have --fix strip the daemon's access.
+    """
+
+    def __init__(self, config_dir: str, out: list[Finding]) -> None:
         self.config_dir = config_dir
+        self.out = out
         self._specs: dict[str, KeySpec | None] = {}
+        self.broken: set[str] = set()
 
     def __call__(self, name: str) -> KeySpec | None:
         if name not in self._specs:
-            self._specs[name] = spec_for(self.config_dir, name)[0]
+            try:
+                self._specs[name] = spec_for(self.config_dir, name)[0]
+            except ConfigError as exc:
+                self._specs[name] = None
+                self.broken.add(name)
+                self.out.append(Finding(
+                    os.path.join(self.config_dir, "live", name),
+                    f"fails its recorded key spec: {exc}; its keys and the ACL entries on "
+                    "live/ and archive/ are not judged (nor fixed) until that is fixed"))
         return self._specs[name]
 
-    def needs(self, name: str) -> set[tuple[int, int]]:
-        """The ACL entries (tag, id) the path to this lineage's key may carry, x only."""
+    def needs(self, name: str) -> set[tuple[int, int]] | None:
+        """The ACL entries (tag, id) the path to this lineage's key may carry, x only;
+        None when its spec cannot be read (nothing there is judged)."""
         spec = self(name)
+        if name in self.broken:
+            return None
         return {(acl.USER, w["uid"]) if "uid" in w else (acl.GROUP, w["gid"])
                 for w in (search_principals(spec) if spec else [])}
 
-    def anyone_needs(self) -> set[tuple[int, int]]:
+    def anyone_needs(self) -> set[tuple[int, int]] | None:
         """What any lineage seen so far needs: the entries live/ and archive/ may carry."""
-        return set().union(*(self.needs(name) for name in self._specs))
+        needs = [self.needs(name) for name in self._specs]
+        if any(n is None for n in needs):
+            return None
+        return set().union(*(n for n in needs if n is not None))
 
 
 def _audit_archive(root_fd: int, config_dir: str, specs: _Specs, fix: bool,
@@ -167,6 +188,8 @@ def _audit_archive(root_fd: int, config_dir: str, specs: _Specs, fix: bool,
                 _audit_dir(lineage_fd, shown, False, fix, out)
                 _audit_acl_entries(lineage_fd, shown, specs.needs(lineage), fix, out)
                 spec = specs(lineage)
+                if lineage in specs.broken:
+                    continue
                 for key in sorted(n for n in os.listdir(lineage_fd) if PRIVKEY_NAME.match(n)):
                     _audit_key(lineage_fd, key, os.path.join(shown, key),
                                spec or DEFAULT_SPEC, spec is not None, fix, out)
@@ -220,10 +243,13 @@ def _subdirs(fd: int) -> list[str]:
         return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
 
 
-def _audit_acl_entries(fd: int, path: str, allowed: set[tuple[int, int]], fix: bool,
+def _audit_acl_entries(fd: int, path: str, allowed: set[tuple[int, int]] | None, fix: bool,
                        out: list[Finding]) -> None:
+    if allowed is None:
+        return  # a spec it depends on cannot be read: reported once, by _Specs
     for entry in acl.named_entries(fd):
-        who = f"{'user' if entry.tag == acl.USER else 'group'} {entry.qualifier}"
+        who = (f"user {name_of_uid(entry.qualifier)}" if entry.tag == acl.USER
+               else f"group {name_of_gid(entry.qualifier)}")
         wanted = (entry.tag, entry.qualifier) in allowed
         if wanted and not entry.perm & ~acl.SEARCH:
             continue
@@ -294,7 +320,7 @@ def audit(config_dir: str, fix: bool = False) -> list[Finding]:
                 _audit_dir(fd, os.path.join(config_dir, sub), True, fix, out)
             finally:
                 os.close(fd)
-        specs = _Specs(config_dir)
+        specs = _Specs(config_dir, out)
         _audit_archive(root_fd, config_dir, specs, fix, out)
         _audit_live_acls(root_fd, config_dir, specs, fix, out)
         _audit_accounts(root_fd, config_dir, fix, out)

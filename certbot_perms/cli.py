@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from certbot_perms.audit import as_json, audit
 from certbot_perms.lineage import apply_key_permissions, split_lineage_ref
-from certbot_perms.records import record_spec, spec_for
+from certbot_perms.records import record_spec, renewal_options, spec_for
 from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
-from daemon_keys.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS, UsageError
+from daemon_keys.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS, ConfigError, UsageError
 from daemon_keys.keyspec import KeySpec, parse_spec
 
 PROG = "certbot-perms"
@@ -89,6 +89,7 @@ def _given_spec(args: argparse.Namespace) -> KeySpec | None:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     refs = list(args.lineages)
+    as_hook = not refs
     if not refs:
         renewed = os.environ.get("RENEWED_LINEAGE")
         if not renewed:
@@ -108,13 +109,20 @@ def cmd_apply(args: argparse.Namespace) -> int:
         spec = given
         if spec is None:
             spec, _source = spec_for(config_dir, name)
+            if spec is None and as_hook:
+                # The global hook (renewal-hooks/deploy/) runs for every lineage:
+                # one with no spec (an nginx lineage) is not its business.
+                print(f"lineage {name}: no key spec recorded; left as certbot made it")
+                continue
             if spec is None:
                 raise UsageError(f"lineage {name}: no key spec recorded (run once: "
                                  f"certbot-perms apply --key-group GROUP {name})")
+        else:
+            _refuse_over_installer(config_dir, name, spec)
         targets.append((config_dir, name, spec))
     for config_dir, name, spec in targets:
         report = apply_key_permissions(config_dir, name, spec)
-        if given is not None:
+        if given is not None and renewal_options(config_dir, name) is None:
             record_spec(config_dir, name, spec)
         for line in report.changed:
             print(line)
@@ -122,6 +130,28 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(f"warning: {line}", file=sys.stderr)
         print(f"lineage {name}: keys are {spec.describe()}")
     return EXIT_OK
+
+
+def _refuse_over_installer(config_dir: str, name: str, spec: KeySpec) -> None:
+    """A lineage whose renewal conf names the perms installer keeps the spec recorded
+    there (certbot re-applies it on every renewal): another one given here would be
+    undone at the next renewal, so it is refused, naming the way that lasts."""
+    recorded = renewal_options(config_dir, name)
+    if recorded is None:
+        return
+    source = os.path.join(config_dir, "renewal", f"{name}.conf")
+    try:
+        held, source = spec_for(config_dir, name)
+    except ConfigError:
+        held = None  # a value there is bad: reconfigure replaces it all the same
+    if held == spec:
+        return
+    flags = " ".join(f"--perms-{opt} {value}" for opt, value in spec.as_options().items())
+    raise UsageError(f"lineage {name}: {source} records the perms installer"
+                     f"{f' with {held.describe()}' if held else ''}, which certbot "
+                     f"re-applies on every renewal; change it there: certbot reconfigure "
+                     f"--cert-name {name} {flags} (certbot 2.3 or newer; before that: "
+                     f"certbot renew --cert-name {name} --force-renewal {flags})")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

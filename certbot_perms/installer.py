@@ -26,7 +26,8 @@ from typing import Any
 from certbot import errors, interfaces
 from certbot.plugins import common
 
-from certbot_perms.lineage import ChownRefused, apply_key_permissions
+from certbot_perms.lineage import ChownRefused, apply_key_permissions, hold_previous_key
+from certbot_perms.records import renewal_options
 from daemon_keys.errors import KeysError
 from daemon_keys.keyspec import KeySpec, parse_spec
 
@@ -75,15 +76,25 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
         return self._spec
 
     def prepare(self) -> None:
-        # Validate before anything is issued or touched.
-        self.spec()
+        # Validate before anything is issued or touched. Not in 'certbot renew':
+        # there Certbot drops an installer whose prepare fails, renews anyway and
+        # rewrites the renewal conf without it, losing the spec for good. The
+        # renewal instead fails loudly in renew_deploy/generic_updates, keeping it.
+        if getattr(self.config, "verb", None) != "renew":
+            self.spec()
 
-    def _apply(self, key_path: str, lineage_name: str | None = None) -> None:
+    def _apply(self, key_path: str, lineage_name: str | None = None,
+               renewed: bool = False) -> None:
         live_dir = os.path.dirname(key_path)
         config_dir = os.path.dirname(os.path.dirname(live_dir))
         name = lineage_name or os.path.basename(live_dir)
         try:
-            report = apply_key_permissions(config_dir, name, self.spec())
+            spec = self.spec()
+        except errors.PluginError as exc:
+            raise errors.PluginError(self._unusable(config_dir, name, str(exc), renewed)
+                                     ) from None
+        try:
+            report = apply_key_permissions(config_dir, name, spec)
         except ChownRefused as exc:
             # Certbot run unprivileged: say what could not be done, keep renewing.
             logger.warning("perms: %s", exc)
@@ -95,12 +106,59 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
         for line in report.warnings:
             logger.warning("perms: %s", line)
 
+    @staticmethod
+    def _unusable(config_dir: str, name: str, why: str, renewed: bool) -> str:
+        """The line for a renewal whose recorded spec cannot be applied. A renewed
+        key first gets the previous key's owner, group and mode."""
+        held = ""
+        if renewed:
+            try:
+                report = hold_previous_key(config_dir, name)
+                held = f"; its new key keeps the previous key's {report.spec.describe()}"
+            except KeysError as exc:
+                held = f"; its new key is as certbot made it ({exc})"
+        return (f"perms: lineage {name}: cannot apply its key spec: {why}{held}. Fix the "
+                f"spec in renewal/{name}.conf (create the user or group, or certbot "
+                f"reconfigure --cert-name {name} --perms-key-group GROUP), then run "
+                "certbot renew")
+
+    def _refuse_unrecorded(self, key_path: str) -> None:
+        """deploy_cert on a lineage whose renewal conf records another spec: certbot
+        (reinstalling an existing certificate, or 'certbot install') does not rewrite
+        it, and would put the old spec back at the next renewal."""
+        live_dir = os.path.dirname(key_path)
+        config_dir = os.path.dirname(os.path.dirname(live_dir))
+        name = os.path.basename(live_dir)
+        try:
+            recorded = renewal_options(config_dir, name)
+        except KeysError as exc:
+            raise errors.PluginError(str(exc)) from None
+        given = self.spec()
+        if recorded is not None:
+            try:
+                if parse_spec(recorded["key-owner"], recorded["key-group"],
+                              recorded["key-mode"], all_defaults=True) == given:
+                    return
+            except KeysError:
+                pass  # a bad recorded value: the new one, via reconfigure, replaces it
+            what = "records another key spec for the perms installer"
+        else:
+            what = "does not record the perms installer"
+        flags = " ".join(f"--perms-{opt} {value}" for opt, value in given.as_options().items())
+        raise errors.PluginError(
+            f"perms: renewal/{name}.conf {what}, and certbot does not rewrite it when it "
+            f"reinstalls an existing certificate, so renewals would not keep "
+            f"{given.describe()}; record it with: certbot reconfigure --cert-name {name} "
+            f"-i perms {flags} (certbot 2.3 or newer; before that: certbot renew "
+            f"--cert-name {name} --force-renewal -i perms {flags})")
+
     # Installer duties
 
     def deploy_cert(self, domain: str, cert_path: str, key_path: str,
                     chain_path: str, fullchain_path: str) -> None:
         # Certbot calls this once per domain of the certificate: the lineage once is enough.
         if key_path not in self._deployed:
+            self._refuse_unrecorded(key_path)
             self._apply(key_path)
             self._deployed.add(key_path)
 
@@ -135,7 +193,7 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
     # Updater interfaces
 
     def renew_deploy(self, lineage: interfaces.RenewableCert, *args: Any, **kwargs: Any) -> None:
-        self._apply(lineage.key_path, lineage.lineagename)
+        self._apply(lineage.key_path, lineage.lineagename, renewed=True)
 
     def generic_updates(self, lineage: interfaces.RenewableCert, *args: Any,
                         **kwargs: Any) -> None:

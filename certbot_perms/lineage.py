@@ -37,7 +37,7 @@ from daemon_keys.errors import (
     reason,
 )
 from daemon_keys.fs import READ_DIR, READ_FILE, open_dir
-from daemon_keys.keyspec import KeySpec, name_of_gid, name_of_uid
+from daemon_keys.keyspec import KEY_MODE_GROUP_READ, KeySpec, name_of_gid, name_of_uid
 
 PRIVKEY_NAME = re.compile(r"^privkey[0-9]+\.pem$")
 
@@ -302,6 +302,41 @@ def apply_key_permissions(config_dir: str, name: str, spec: KeySpec) -> ApplyRep
             for key in keys:
                 apply_to_key(archive_fd, key, spec, os.path.join(archive_shown, key), report)
         _grant_path(root_fd, config_dir, [live_rel, archive_rel], spec, report)
+    except OSError as exc:
+        raise KeysError(f"{config_dir}: lineage {name}: "
+                        f"{describe_os_error(exc, exc.filename or 'a key or directory')}"
+                        ) from None
+    finally:
+        os.close(root_fd)
+    return report
+
+
+def hold_previous_key(config_dir: str, name: str) -> ApplyReport:
+    """Give the lineage's newest key the owner, group and mode of the key before it
+    (at most 0640), numeric ids as they are: for a renewal whose spec cannot be
+    applied (a deleted group, a bad value), so the new key is never wider and
+    never someone else's than the old one. Nothing else changes. Raises like
+    :func:`apply_key_permissions`.
+    """
+    root_fd = open_config_dir(config_dir)
+    try:
+        live_rel = f"live/{name}"
+        with _opened_dir(root_fd, live_rel, config_dir) as live_fd:
+            archive_rel = archive_relpath(live_fd, os.path.join(config_dir, live_rel))
+        archive_shown = os.path.join(config_dir, archive_rel)
+        with _opened_dir(root_fd, archive_rel, config_dir) as archive_fd:
+            keys = sorted((e for e in os.listdir(archive_fd) if PRIVKEY_NAME.match(e)),
+                          key=lambda e: int(e[7:-4]))
+            if len(keys) < 2:
+                raise LineageError(f"{archive_shown}: no earlier key to take the owner, "
+                                   "group and mode of")
+            st = os.stat(keys[-2], dir_fd=archive_fd, follow_symlinks=False)
+            held = KeySpec(uid=st.st_uid, gid=st.st_gid,
+                           mode=stat.S_IMODE(st.st_mode) & KEY_MODE_GROUP_READ,
+                           owner_name=name_of_uid(st.st_uid), group_name=name_of_gid(st.st_gid))
+            report = ApplyReport(lineage=name, spec=held)
+            apply_to_key(archive_fd, keys[-1], held, os.path.join(archive_shown, keys[-1]),
+                         report)
     except OSError as exc:
         raise KeysError(f"{config_dir}: lineage {name}: "
                         f"{describe_os_error(exc, exc.filename or 'a key or directory')}"

@@ -72,15 +72,17 @@ def recorded_options(config_dir: str, name: str) -> dict[str, str | None] | None
 
 def spec_for(config_dir: str, name: str) -> tuple[KeySpec | None, str]:
     """The lineage's spec and where it came from ('' when it has none)."""
-    for source, options in (
+    for source, options, prefix in (
             (os.path.join(config_dir, "renewal", f"{name}.conf"),
-             renewal_options(config_dir, name)),
+             renewal_options(config_dir, name), "perms_key_"),
             (os.path.join(config_dir, RECORD_DIR, f"{name}.conf"),
-             recorded_options(config_dir, name))):
+             recorded_options(config_dir, name), "key_")):
         if options is not None:
             try:
                 return parse_spec(options["key-owner"], options["key-group"],
-                                  options["key-mode"], option_prefix="key_"), source
+                                  options["key-mode"], names=(
+                                      f"{prefix}owner", f"{prefix}group", f"{prefix}mode"),
+                                  all_defaults=True), source
             except SpecError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
     return None, ""

@@ -83,28 +83,40 @@ def _gid_of(name: str) -> int:
     return grp.getgrnam(name).gr_gid
 
 
+# (uid_t)-1 means "leave unchanged" to chown(2): no file can be given it.
+MAX_ID = 4294967294
+
+
+def _numeric_id(value: str, option: str, what: str) -> int:
+    number = int(value)
+    if number > MAX_ID:
+        raise SpecError(f"{option}: {what} {value} is out of range (0 to {MAX_ID})")
+    return number
+
+
 def resolve_user(value: str, option: str) -> tuple[int, str]:
-    """A user name or numeric uid -> (uid, display name)."""
+    """A user name or numeric uid -> (uid, display name). As chown(1): a name first,
+    so a user called '4242' is that user, not uid 4242."""
     value = value.strip()
-    if value.isdigit():
-        uid = int(value)
-        return uid, name_of_uid(uid)
     try:
         return _uid_of(value), value
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
+        if value.isascii() and value.isdigit():
+            uid = _numeric_id(value, option, "uid")
+            return uid, name_of_uid(uid)
         raise SpecError(f"{option}: user '{value}' does not exist "
                         "(create it, or give a numeric uid)") from None
 
 
 def resolve_group(value: str, option: str) -> tuple[int, str]:
-    """A group name or numeric gid -> (gid, display name)."""
+    """A group name or numeric gid -> (gid, display name); a name first, as chown(1)."""
     value = value.strip()
-    if value.isdigit():
-        gid = int(value)
-        return gid, name_of_gid(gid)
     try:
         return _gid_of(value), value
-    except KeyError:
+    except (KeyError, ValueError):
+        if value.isascii() and value.isdigit():
+            gid = _numeric_id(value, option, "gid")
+            return gid, name_of_gid(gid)
         raise SpecError(f"{option}: group '{value}' does not exist (create it, e.g. "
                         "'groupadd --system NAME', or give a numeric gid)") from None
 

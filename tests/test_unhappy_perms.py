@@ -1,0 +1,155 @@
+"""certbot_perms on the paths a new user falls into (issue 12): a renewal whose spec
+cannot be applied, a group change that must last, the global hook on lineages with no
+spec, ids out of range. The real certbot CLI against pebble, real groups.
+"""
+from __future__ import annotations
+
+import grp
+import json
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.site import mode_of
+from tests.support.testbed import Certbot
+from tests.test_perms_certbot import PERMS, assert_group_reaches_key, perms
+
+
+def _keys(certbot: Certbot, name: str) -> list[tuple[int, int, int]]:
+    keys = sorted(certbot.archive(name).glob("privkey*.pem"), key=lambda p: int(p.name[7:-4]))
+    return [(k.lstat().st_uid, k.lstat().st_gid, mode_of(k)) for k in keys]
+
+
+def _renewal_conf(certbot: Certbot, name: str) -> str:
+    return (certbot.config_dir / "renewal" / f"{name}.conf").read_text()
+
+
+@pytest.mark.parametrize("breakage", ["group deleted", "mode hand-edited to 0644"])
+def test_a_renewal_that_cannot_apply_the_spec_fails_loudly_and_keeps_it(
+        certbot: Certbot, breakage: str) -> None:
+    group = f"cdk{secrets.token_hex(4)}"
+    subprocess.run(["groupadd", "--system", group], check=True)
+    try:
+        certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "mail",
+                    "-d", "mail.example.org", "--perms-key-group", group)
+        gid = grp.getgrnam(group).gr_gid
+        assert _keys(certbot, "mail") == [(0, gid, 0o640)]
+        conf = certbot.config_dir / "renewal" / "mail.conf"
+        if breakage == "group deleted":
+            subprocess.run(["groupdel", group], check=True)
+        else:
+            conf.write_text(conf.read_text().replace("perms_key_mode = None",
+                                                      "perms_key_mode = 0644")
+                            if "perms_key_mode = None" in conf.read_text()
+                            else conf.read_text() + "perms_key_mode = 0644\n")
+            assert "perms_key_mode = 0644" in conf.read_text()
+        result = certbot.renew("--force-renewal", check=False)
+        # Loud: certbot's own failure path, a non-zero exit, a line naming the lineage.
+        assert result.returncode != 0, result.stdout
+        said = result.stdout + result.stderr
+        assert "perms: lineage mail: cannot apply its key spec" in said, said
+        assert "all renewals succeeded" not in said
+        # The renewed key is never wider than, nor someone else's than, the old one.
+        assert _keys(certbot, "mail") == [(0, gid, 0o640), (0, gid, 0o640)]
+        # The spec stays recorded: fixing the cause makes the next renewal whole again.
+        assert "installer = perms" in conf.read_text()
+        if breakage == "group deleted":
+            subprocess.run(["groupadd", "--system", "--gid", str(gid), group], check=True)
+        else:
+            conf.write_text(conf.read_text().replace("perms_key_mode = 0644",
+                                                     "perms_key_mode = 0640"))
+        certbot.renew("--force-renewal")
+        assert _keys(certbot, "mail") == [(0, gid, 0o640)] * 3
+        assert_group_reaches_key(certbot, "mail", group)
+    finally:
+        subprocess.run(["groupdel", group], check=False, capture_output=True)
+
+
+def test_a_deleted_group_makes_check_report_the_lineage_and_renew_fail(
+        certbot: Certbot) -> None:
+    group = f"cdk{secrets.token_hex(4)}"
+    subprocess.run(["groupadd", "--system", group], check=True)
+    try:
+        certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "gone",
+                    "-d", "gone.example.org", "--perms-key-group", group)
+    finally:
+        subprocess.run(["groupdel", group], check=True)
+    # Not due: certbot's daily renew still runs the installer's updater, which fails.
+    result = certbot.renew(check=False)
+    assert result.returncode != 0
+    assert "perms: lineage gone: cannot apply its key spec" in result.stdout + result.stderr
+    audit = perms("--config-dir", str(certbot.config_dir), "check", "--json")
+    assert audit.returncode == 1
+    findings = json.loads(audit.stdout)["findings"]
+    assert any("gone" in f["path"] and "does not exist" in f["problem"] for f in findings), \
+        findings
+
+
+def test_changing_the_group_through_a_reinstall_is_refused_naming_reconfigure(
+        certbot: Certbot, group: str) -> None:
+    other = f"cdk{secrets.token_hex(4)}"
+    subprocess.run(["groupadd", "--system", other], check=True)
+    try:
+        certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "mail",
+                    "-d", "mail.example.org", "--perms-key-group", group)
+        before = _keys(certbot, "mail")
+        again = certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "mail",
+                            "-d", "mail.example.org", "--perms-key-group", other, check=False)
+        said = again.stdout + again.stderr
+        assert again.returncode != 0
+        assert "certbot reconfigure --cert-name mail -i perms" in said, said
+        assert _keys(certbot, "mail") == before  # nothing applied that renewal would undo
+        by_hand = perms("--config-dir", str(certbot.config_dir), "apply", "--key-group",
+                        other, "mail")
+        assert by_hand.returncode == 2
+        assert "records the perms installer" in by_hand.stderr
+        assert "certbot reconfigure --cert-name mail" in by_hand.stderr
+        assert not (certbot.config_dir / "certbot-perms" / "mail.conf").exists()
+        # The way the message names, on a certbot that has it; else the forced renewal.
+        way = (["reconfigure", "--cert-name", "mail", "-i", "perms", "--perms-key-group",
+                other] if "reconfigure" in certbot.run("--help", "all").stdout else
+               ["renew", "--cert-name", "mail", "--force-renewal", "-i", "perms",
+                "--perms-key-group", other])
+        certbot.run(*way)
+        certbot.renew("--force-renewal")
+        gid = grp.getgrnam(other).gr_gid
+        assert _keys(certbot, "mail")[-1] == (0, gid, 0o640)
+        assert f"perms_key_group = {other}" in _renewal_conf(certbot, "mail")
+    finally:
+        subprocess.run(["groupdel", other], check=False)
+
+
+def test_the_global_hook_passes_over_a_lineage_with_no_spec(certbot: Certbot) -> None:
+    hook_dir = certbot.config_dir / "renewal-hooks" / "deploy"
+    hook_dir.mkdir(parents=True)
+    hook = hook_dir / "certbot-perms"
+    hook.write_text((Path(__file__).parent.parent / "hooks" / "certbot-perms").read_text())
+    hook.chmod(0o755)
+    certbot.extra_env["PATH"] = f"{Path(PERMS).parent}:{os.environ['PATH']}"
+    result = certbot.certonly("plain", ["www.example.org"])
+    said = result.stdout + result.stderr
+    assert "no key spec recorded" not in said or "left as certbot made it" in said
+    assert "reported error code" not in said, said
+    assert _keys(certbot, "plain") == [(0, 0, 0o600)]
+    # Named by hand with nothing recorded, it is still a usage error.
+    named = perms("--config-dir", str(certbot.config_dir), "apply", "plain")
+    assert named.returncode == 2 and "no key spec recorded" in named.stderr
+
+
+@pytest.mark.parametrize("value", ["99999999999", "4294967295"])
+def test_an_id_out_of_range_is_refused_before_anything_is_issued(certbot: Certbot,
+                                                                 value: str) -> None:
+    result = certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "big",
+                         "-d", "big.example.org", "--perms-key-group", value, check=False)
+    assert result.returncode != 0
+    assert f"--perms-key-group: gid {value} is out of range (0 to 4294967294)" in result.stderr
+    assert "Traceback" not in result.stderr and "OverflowError" not in result.stderr
+    assert not certbot.live("big").exists()
+    certbot.certonly("big", ["big.example.org"])
+    by_hand = perms("--config-dir", str(certbot.config_dir), "apply", "--key-owner", value,
+                    "big")
+    assert by_hand.returncode == 2 and f"uid {value} is out of range" in by_hand.stderr
+    assert _keys(certbot, "big") == [(0, 0, 0o600)]
