@@ -19,9 +19,16 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+from certbot_atomic_deploy import metrics
 from certbot_atomic_deploy.config import FileOutput, load, read_password
 from certbot_atomic_deploy.deploy import Deployer
-from certbot_atomic_deploy.report import PROG, print_config, print_result, print_status
+from certbot_atomic_deploy.report import (
+    PROG,
+    RunResult,
+    print_config,
+    print_result,
+    print_status,
+)
 from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
 from daemon_keys.errors import (
     EXIT_FAILED,
@@ -30,6 +37,7 @@ from daemon_keys.errors import (
     ConfigError,
     KeysError,
     UsageError,
+    describe_os_error,
 )
 
 if TYPE_CHECKING:
@@ -94,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the plan, change nothing")
     deploy.add_argument("--json", action="store_true", help="print the result as JSON")
     status = sub.add_parser("status", help="per target: lineage, serial, expiry, in sync")
-    status.add_argument("--json", action="store_true", help="print JSON")
+    status_format = status.add_mutually_exclusive_group()
+    status_format.add_argument("--json", action="store_true", help="print JSON")
+    status_format.add_argument("--prometheus", action="store_true", help=(
+        "print Prometheus metrics (what metrics_file in [defaults] holds)"))
     rollback = sub.add_parser("rollback", help="put a target back to its previous version")
     rollback.add_argument("target", help="the target's section name")
     check_config = sub.add_parser("check-config",
@@ -151,16 +162,21 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         return EXIT_OK
     if command == "status":
         rows = deployer.status()
-        print_status(rows, args.json)
+        if args.prometheus:
+            print(metrics.render(rows), end="")
+        else:
+            print_status(rows, args.json)
         return EXIT_OK if all(r["in_sync"] for r in rows) else EXIT_FAILED
     if command == "rollback":
         with deployer.state.lock(args.lock_timeout):
             result = deployer.rollback(args.target)
+            _write_metrics(deployer, result)
         print_result(result, False)
         return result.exit_code
     if command == "reload-pending":
         with deployer.state.lock(args.lock_timeout):
             result = deployer.finish_pending()
+            _write_metrics(deployer, result)
         if not result.commands and not result.outcomes:
             print("nothing pending")
         print_result(result, False)
@@ -183,11 +199,24 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     else:
         with deployer.state.lock(args.lock_timeout):
             result = deployer.deploy(wanted, reload=not args.defer_reloads)
+            _write_metrics(deployer, result)
     if command is not None and not result.outcomes and not as_json:
         print(f"nothing to deploy: no target in {config.path} takes "
               f"{', '.join(sorted(wanted or ()))}")
     print_result(result, as_json)
     return result.exit_code
+
+
+def _write_metrics(deployer: Deployer, result: RunResult) -> None:
+    """Rewrite the metrics file (if the config names one) after a run, under its lock."""
+    path = deployer.config.metrics_file
+    if path is None:
+        return
+    try:
+        metrics.write(path, metrics.render(deployer.status()))
+    except (KeysError, OSError) as exc:
+        why = str(exc) if isinstance(exc, KeysError) else describe_os_error(exc, path)
+        result.errors.append(f"metrics_file {path}: not written: {why}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

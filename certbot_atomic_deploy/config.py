@@ -111,11 +111,13 @@ SPEC: dict[str, Callable[[object], object]] = {
     "check": _words,
     "keep": _keep,
     "timeout": _timeout,
+    "metrics_file": _text("one path"),
     "password_file": _text("one path"),
 }
 _FORMATS = ", ".join(repr(f) for f in _FORMAT_NAMES)
-# Keys that only make sense per target, never in [defaults].
+# Keys that only make sense per target, never in [defaults]; and the other way round.
 _TARGET_ONLY = ("path", "directory", "preset")
+_RUN_WIDE = ("metrics_file",)
 
 
 class FileOutput(NamedTuple):
@@ -180,6 +182,7 @@ class Target(NamedTuple):
 class Config(NamedTuple):
     path: str
     targets: tuple[Target, ...]
+    metrics_file: str | None = None  # rewritten by every run that writes state
 
     @property
     def state_dir(self) -> str:
@@ -375,24 +378,34 @@ def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def _check_destinations(path: str, targets: tuple[Target, ...], config_dir: str,
-                        state_dir: str) -> None:
-    """No destination inside certbot's dirs or our state, or inside (or over) another's."""
+def _check_destinations(config: Config, config_dir: str) -> None:
+    """No destination (nor the metrics file) inside certbot's dirs or our state, and
+    no destination inside (or over) another's."""
+    path, targets = config.path, config.targets
     real = {t.name: os.path.realpath(t.destination) for t in targets}
     protected = [(os.path.realpath(d), what) for d, what in (
-        (config_dir, "certbot's config dir"), (state_dir, "this config's run state"),
+        (config_dir, "certbot's config dir"), (config.state_dir, "this config's run state"),
         *((d, "certbot's own directory") for d in CERTBOT_DIRS))]
+
     def where(t: Target) -> str:
         return f"{path}: [{t.name}] {'path' if isinstance(t.output, FileOutput) else 'directory'}"
 
-    for t in targets:
-        for directory, what in protected:
+    for directory, what in protected:
+        if config.metrics_file and _inside(os.path.realpath(config.metrics_file), directory):
+            raise ConfigError(f"{path}: [defaults] metrics_file: {config.metrics_file} would "
+                              f"write into {what} {directory}; put it in node_exporter's "
+                              "textfile directory")
+        for t in targets:
             if _inside(real[t.name], directory) or (
                     isinstance(t.output, DirectoryOutput) and _inside(directory, real[t.name])):
                 raise ConfigError(f"{where(t)}: {t.destination} would write into {what} "
                                   f"{directory}; publish outside it (e.g. under /etc/ssl or "
                                   "the daemon's own config dir)")
     for t in targets:
+        if config.metrics_file and _inside(os.path.realpath(config.metrics_file),
+                                           real[t.name]):
+            raise ConfigError(f"{path}: [defaults] metrics_file: {config.metrics_file} is "
+                              f"[{t.name}]'s destination; give it a path of its own")
         for other in targets:
             if other.name != t.name and _inside(real[t.name], real[other.name]):
                 raise ConfigError(f"{where(t)}: {t.destination} is inside [{other.name}]'s "
@@ -420,6 +433,14 @@ def load(path: str, config_dir: str) -> Config:
     for key in _TARGET_ONLY:
         if defaults.get(key) is not None:
             raise ConfigError(f"{path}: [defaults] {key}: belongs in a target section")
+    for name, section in sections.items():
+        for key in _RUN_WIDE:
+            if section.get(key) is not None:
+                raise ConfigError(f"{path}: [{name}] {key}: one for the whole run; put it "
+                                  "in [defaults]")
+    metrics = defaults.get("metrics_file")
+    metrics_file = (None if metrics is None else
+                    _absolute(str(metrics), f"{path}: [defaults] metrics_file"))
     targets = tuple(_target(name, section, defaults, path)
                     for name, section in sections.items())
     if not targets:
@@ -431,6 +452,6 @@ def load(path: str, config_dir: str) -> Config:
             raise ConfigError(f"{path}: [{t.name}] and [{destinations[t.destination]}] both "
                               f"write {t.destination}")
         destinations[t.destination] = t.name
-    config = Config(path=path, targets=targets)
-    _check_destinations(path, targets, config_dir, config.state_dir)
+    config = Config(path=path, targets=targets, metrics_file=metrics_file)
+    _check_destinations(config, config_dir)
     return config

@@ -47,6 +47,7 @@ from certbot_atomic_deploy.report import Outcome, RunResult
 from certbot_atomic_deploy.state import (
     PENDING_CHECK,
     PENDING_RELOAD,
+    LastRun,
     Record,
     StateDir,
     TargetState,
@@ -157,6 +158,7 @@ class Deployer:
             else:
                 self._undo(p, failed)  # (7)
         self._resume_checks({p.target.name for p in published}, result)
+        self._note_results(result)
         self._flush(result)
         if reload:
             self.run_reloads(result)  # (8)
@@ -189,6 +191,19 @@ class Deployer:
                 outcome.status = "rolled-back"
                 outcome.detail += (f"; put back {previous.lineage} v{previous.version}; "
                                    "reload skipped")
+
+    def _note_results(self, result: RunResult) -> None:
+        """Each target's outcome in this run, for status and the metrics file. An
+        unchanged target after a success is not noted: a run with nothing to do
+        writes nothing."""
+        now = _now()
+        for o in result.outcomes:
+            state = self.state.load(o.target)
+            if o.status == "unchanged" and state.last is not None and (
+                    state.last.result in ("published", "unchanged")):
+                continue
+            state.last = LastRun(o.status, now)
+            self.state.put(o.target, state)
 
     def _passed(self, target: Target) -> None:
         """Its checks passed: now its reload is what is pending (if it has one)."""
@@ -446,7 +461,9 @@ class Deployer:
                                       "seq": current.seq if current else None,
                                       "published_at": current.published_at if current else None,
                                       "pending": state.pending,
-                                      "pending_since": state.pending_since}
+                                      "pending_since": state.pending_since,
+                                      "last_result": state.last.result if state.last else None,
+                                      "last_run_at": state.last.at if state.last else None}
             if current is None:
                 row["in_sync"] = False
                 row["detail"] = "never deployed"

@@ -61,17 +61,26 @@ PENDING_RELOAD = "reload"  # published and checked, its reload not run yet
 PENDING = (PENDING_CHECK, PENDING_RELOAD)
 
 
+class LastRun(NamedTuple):
+    """The last run's outcome for a target: published, unchanged, failed, rolled-back."""
+
+    result: str
+    at: str  # ISO 8601, UTC
+
+
 class TargetState:
     def __init__(self, current: Record | None = None,
                  history: list[Record] | None = None, pending: str | None = None,
-                 pending_since: str | None = None) -> None:
+                 pending_since: str | None = None, last: LastRun | None = None) -> None:
         self.current = current
         self.history = history or []  # older publishes, oldest first
         self.pending = pending  # one of PENDING, or None
         self.pending_since = pending_since  # when it became pending (ISO 8601, UTC)
+        self.last = last  # what the last run that took this target did with it
 
     def copy(self) -> TargetState:
-        return TargetState(self.current, list(self.history), self.pending, self.pending_since)
+        return TargetState(self.current, list(self.history), self.pending, self.pending_since,
+                           self.last)
 
     def set_pending(self, what: str | None, now: str) -> None:
         if what is None:
@@ -103,28 +112,13 @@ class StateDir:
         return open_for_writing(self.path, create_mode=STATE_DIR_MODE)
 
     def _all(self) -> dict[str, TargetState]:
+        """Every target's state, read once. An unreadable file raises, now and on every
+        later call: a run never writes over a state it could not read."""
         if self._targets is None:
             try:
                 with open(self.file, encoding="utf-8") as f:
                     raw = json.load(f)
-                self._targets = {}
-                for name, t in _mapping(_mapping(raw, "the file").get("targets", {}),
-                                        "targets").items():
-                    t = _mapping(t, f"target {name}")
-                    pending = _mapping(t.get("pending") or {}, f"{name} pending")
-                    what = pending.get("what")
-                    if what is not None and what not in PENDING:
-                        raise ValueError(f"{name}: pending '{what}' is not one of "
-                                         f"{', '.join(PENDING)}")
-                    self._targets[name] = TargetState(
-                        current=_record(t["current"]) if t.get("current") else None,
-                        history=[_record(r) for r in _list(t.get("history", []))],
-                        pending=what,
-                        pending_since=_text_or_none(pending.get("since")))
-                    for seq, text in _mapping(t.get("files", {}), "files").items():
-                        # 0.1.0 kept them inline
-                        self._new_copies[(name, int(seq))] = _legacy_bytes(str(text))
-                        self._dirty = True
+                self._targets = self._parse(raw)
             except FileNotFoundError:
                 self._targets = {}
             except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -132,6 +126,31 @@ class StateDir:
                                 "deploy again (status and rollback start afresh; pending "
                                 "reloads are lost: run them by hand)") from None
         return self._targets
+
+    def _parse(self, raw: object) -> dict[str, TargetState]:
+        targets = {}
+        copies = {}
+        for name, t in _mapping(_mapping(raw, "the file").get("targets", {}),
+                                "targets").items():
+            t = _mapping(t, f"target {name}")
+            pending = _mapping(t.get("pending") or {}, f"{name} pending")
+            what = pending.get("what")
+            if what is not None and what not in PENDING:
+                raise ValueError(f"{name}: pending '{what}' is not one of "
+                                 f"{', '.join(PENDING)}")
+            last = _mapping(t.get("last") or {}, f"{name} last")
+            targets[name] = TargetState(
+                current=_record(t["current"]) if t.get("current") else None,
+                history=[_record(r) for r in _list(t.get("history", []))],
+                pending=what,
+                pending_since=_text_or_none(pending.get("since")),
+                last=LastRun(str(last["result"]), str(last["at"])) if last else None)
+            for seq, text in _mapping(t.get("files", {}), "files").items():
+                copies[(name, int(seq))] = _legacy_bytes(str(text))  # 0.1.0 kept them inline
+        if copies:
+            self._new_copies.update(copies)
+            self._dirty = True
+        return targets
 
     def load(self, target: str) -> TargetState:
         return self._all().get(target) or TargetState()
@@ -160,7 +179,8 @@ class StateDir:
             name: {"current": t.current._asdict() if t.current else None,
                    "history": [r._asdict() for r in t.history],
                    **({"pending": {"what": t.pending, "since": t.pending_since}}
-                      if t.pending else {})}
+                      if t.pending else {}),
+                   **({"last": t.last._asdict()} if t.last else {})}
             for name, t in sorted(targets.items())}},
             separators=(",", ":")).encode()  # compact: the C encoder (indent is Python's)
         fd = self._open()

@@ -59,7 +59,7 @@ export PATH="$PATH:/usr/sbin:/sbin:/usr/bin"
 # which the hook benchmarks would measure). It links files, so the stamp holds
 # the list of modules and a new module reinstalls.
 stamp="$venv/.installed"
-modules="$(cd "$top" && find certbot_perms certbot_atomic_deploy -name '*.py' | sort)
+modules="$(cd "$top" && find daemon_keys certbot_perms certbot_atomic_deploy -name '*.py' | sort)
 base /usr/bin/python3"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] ||
    [ "$top/setup.cfg" -nt "$stamp" ] || [ "$top/tox.ini" -nt "$stamp" ] ||

@@ -4,8 +4,10 @@ match, and the rough edges of the by-hand commands. Each runs the installed comm
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,9 +25,11 @@ from tests.support.site import (
     basic_conf,
     deploy,
     lineage_bytes,
+    mode_of,
     new_version,
     one_line,
     snapshot,
+    temp_files,
     write_conf,
     write_lineage,
 )
@@ -309,6 +313,7 @@ def test_a_state_file_of_the_wrong_shape_is_one_line_not_a_traceback(site: Path,
         assert result.returncode == 1 and "unreadable state" in line, (command, line)
         assert "unexpected" not in line
     assert not (site / "out" / "mail.pem").exists()
+    assert (state / "state.json").read_text() == body  # never written over unread
 
 
 def test_one_certbot_renew_of_many_lineages_reloads_once_with_the_post_hook(
@@ -357,3 +362,90 @@ def test_one_certbot_renew_of_many_lineages_reloads_once_with_the_post_hook(
     assert lines[-1] == "reload"
     status = json.loads(deploy(certbot.config_dir, "status", "--json").stdout)
     assert [r["pending"] for r in status] == [None] * count
+
+
+# -- monitoring that needs no log reading
+
+_SAMPLE = re.compile(r'^(certbot_atomic_deploy_[a-z_]+)\{((?:[a-z_]+="(?:[^"\\]|\\.)*",?)*)\} '
+                     r'(-?[0-9.e+]+)$')
+
+
+def _metrics(path: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The samples of a textfile, every line checked against the exposition format."""
+    samples = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            continue
+        match = _SAMPLE.match(line)
+        assert match, line
+        labels = frozenset(re.findall(r'([a-z_]+)="((?:[^"\\]|\\.)*)"', match.group(2)))
+        samples[(match.group(1), labels)] = float(match.group(3))
+    return samples
+
+
+def test_the_metrics_file_tells_expiry_failure_and_pending_reload(site: Path) -> None:
+    textfiles = site / "node-exporter"
+    textfiles.mkdir()
+    prom = textfiles / "certbot-atomic-deploy.prom"
+    flag = site / "reload-works"
+    write_conf(site / "le", f"""\
+[defaults]
+metrics_file = {prom}
+
+[postfix]
+lineage = mail
+path = {site}/out/mail.pem
+format = postfix
+reload = test -e {flag}
+
+[broken]
+lineage = mail
+path = {site}/out/missing-dir/x.pem
+format = cert
+""")
+    assert deploy(site / "le", "deploy", "--all").returncode == 1
+    st = prom.stat()
+    assert (mode_of(prom), st.st_uid) == (0o644, 0)
+    samples = _metrics(prom)
+    postfix, broken = frozenset({("target", "postfix")}), frozenset({("target", "broken")})
+    end = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in",
+                          str(site / "le" / "live" / "mail" / "cert.pem")],
+                         capture_output=True, text=True, check=True).stdout
+    not_after = datetime.datetime.strptime(end.strip().split("=", 1)[1].replace("  ", " "),
+                                           "%b %d %H:%M:%S %Y %Z").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    assert samples[("certbot_atomic_deploy_target_not_after_timestamp_seconds", postfix)] == \
+        not_after
+    assert samples[("certbot_atomic_deploy_target_pending",
+                    postfix | {("what", "reload")})] == 1
+    assert samples[("certbot_atomic_deploy_target_in_sync", postfix)] == 0
+    assert samples[("certbot_atomic_deploy_target_last_result",
+                    broken | {("result", "failed")})] == 1
+    assert samples[("certbot_atomic_deploy_target_last_result",
+                    postfix | {("result", "published")})] == 1
+    assert b"PRIVATE KEY" not in prom.read_bytes()
+    # The reload works now: the next run runs it, and the file says so.
+    flag.touch()
+    (site / "out" / "missing-dir").mkdir()
+    assert deploy(site / "le", "deploy", "--all").returncode == 0
+    samples = _metrics(prom)
+    assert samples[("certbot_atomic_deploy_target_pending",
+                    postfix | {("what", "reload")})] == 0
+    assert samples[("certbot_atomic_deploy_target_in_sync", postfix)] == 1
+    assert samples[("certbot_atomic_deploy_target_last_result",
+                    broken | {("result", "published")})] == 1
+    printed = deploy(site / "le", "status", "--prometheus")
+    assert printed.returncode == 0 and printed.stdout == prom.read_text()
+    assert temp_files(textfiles) == []
+
+
+def test_a_metrics_file_over_certbots_files_is_refused(site: Path) -> None:
+    basic_conf(site)
+    conf = site / "le" / "atomic-deploy.conf"
+    conf.write_text(f"[defaults]\nmetrics_file = {site}/le/archive/mail/privkey1.pem\n\n"
+                    + conf.read_text())
+    before = snapshot(site)
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 2 and "metrics_file" in one_line(result)
+    assert "would write into certbot's config dir" in one_line(result)
+    assert snapshot(site) == before
