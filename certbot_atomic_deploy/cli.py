@@ -39,6 +39,7 @@ from daemon_keys.errors import (
     UsageError,
     describe_os_error,
 )
+from daemon_keys.fs import require_dir
 
 if TYPE_CHECKING:
     import argparse
@@ -190,9 +191,9 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
             raise UsageError("deploy: say which: --lineage NAME (repeatable) or --all")
         wanted = None if args.all else set(args.lineage)
         for name in sorted(wanted or ()):
-            if not os.path.isdir(os.path.join(config_dir, "live", name)):
-                raise UsageError(f"deploy --lineage {name}: no such lineage in "
-                                 f"{config_dir}/live (see 'certbot certificates')")
+            require_dir(os.path.join(config_dir, "live", name),
+                        f"deploy --lineage {name}: no such lineage in {config_dir}/live "
+                        "(see 'certbot certificates')")
         dry_run, as_json = args.dry_run, args.json
     if dry_run:  # reads only: no lock, nothing created
         result = deployer.deploy(wanted, dry_run=True)

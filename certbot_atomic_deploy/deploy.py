@@ -29,6 +29,7 @@ read once and written once.
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -52,6 +53,7 @@ from certbot_atomic_deploy.state import (
     StateDir,
     TargetState,
 )
+from daemon_keys.atomicfile import open_for_writing
 from daemon_keys.errors import (
     ConfigError,
     KeysError,
@@ -307,11 +309,12 @@ class Deployer:
             info = self.checked(lineage)  # (3)
             require_covered(info, target.domains, material.sources["cert"])
             if dry_run:
+                self._check_publishable(target)
                 result.outcomes.append(Outcome(
                     target.name, lineage, "planned",
                     f"would publish {lineage} v{material.version} (serial {info.serial}) to "
-                    f"{target.describe()} as {target.key.describe()}", material.version,
-                    info.serial))
+                    f"{target.describe()} as {_modes(target)}{_commands(target)}",
+                    material.version, info.serial))
                 return None
             files = payload.build()
             record = payload.stamp(self._record(state, lineage, material, info))
@@ -327,6 +330,17 @@ class Deployer:
         result.outcomes.append(outcome)
         return Published(target, lineage, outcome, undo, record, _file_bytes(target, files),
                          state.copy())
+
+    def _check_publishable(self, target: Target) -> None:
+        """For a dry run: what step (4) would refuse about the destination directory
+        (missing, unsafe), found by the same walk, writing nothing."""
+        output = target.output
+        if isinstance(output, FileOutput):
+            os.close(open_for_writing(os.path.dirname(output.path), owner_uid=target.key.uid))
+        elif os.path.lexists(output.directory):
+            os.close(open_for_writing(output.directory, owner_uid=target.key.uid))
+        else:  # created by the publish: its parent must be there, and safe
+            os.close(open_for_writing(os.path.dirname(output.directory)))
 
     def _publish(self, target: Target, files: dict[str, NewFile]) -> Undo:
         output = target.output
@@ -466,7 +480,8 @@ class Deployer:
                                       "last_run_at": state.last.at if state.last else None}
             if current is None:
                 row["in_sync"] = False
-                row["detail"] = "never deployed"
+                row["detail"] = "never deployed" + (
+                    f" (last run: {state.last.result} at {state.last.at})" if state.last else "")
             else:
                 try:
                     material = self.material(current.lineage)
@@ -484,6 +499,23 @@ class Deployer:
                     row["detail"] = str(exc)
             rows.append(row)
         return rows
+
+
+def _modes(target: Target) -> str:
+    """Owner, group and mode of what a target's publish writes."""
+    key = target.key
+    if isinstance(target.output, FileOutput):
+        return (f"{key.owner_name}:{key.group_name} "
+                f"{target.mode_of(target.output.format):04o}")
+    return f"{key.describe()} (key files; the others 0644)"
+
+
+def _commands(target: Target) -> str:
+    """The commands a publish of this target would run, for a dry run's line."""
+    said = [f"{kind} '{c}'" for kind, commands in (("check", target.check),
+                                                   ("reload", target.reload))
+            for c in commands]
+    return f", then {', '.join(said)}" if said else ""
 
 
 def _pending_after_publish(target: Target) -> str | None:

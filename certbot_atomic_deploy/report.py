@@ -86,6 +86,9 @@ def print_status(rows: list[dict[str, object]], as_json: bool) -> None:
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
+        if r["lineage"] is None:
+            print(f"[{r['target']}] {r['destination']}: {r['detail']}")
+            continue
         print(f"[{r['target']}] {r['destination']}: lineage {r['lineage']} v{r['version']} "
               f"serial {r['serial']} expires {r['not_after']}; {r['detail']}")
 

@@ -103,7 +103,8 @@ def validate(material: Material, now: datetime.datetime | None = None) -> CertIn
             raise ValidationError(
                 f"{src['fullchain']}: certificate {i + 1} ({child.subject.rfc4514_string()}) "
                 f"is not issued by certificate {i + 2} ({parent.subject.rfc4514_string()}): "
-                f"{exc or 'bad signature'}") from None
+                f"{str(exc) or 'its signature does not verify with the key of certificate '}"
+                f"{'' if str(exc) else i + 2}") from None
     info = _info(leaf)
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     if moment < info.not_before:

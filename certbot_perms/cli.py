@@ -19,6 +19,7 @@ from certbot_perms.lineage import apply_key_permissions, split_lineage_ref
 from certbot_perms.records import record_spec, renewal_options, spec_for
 from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
 from daemon_keys.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS, ConfigError, UsageError
+from daemon_keys.fs import require_dir
 from daemon_keys.keyspec import KeySpec, parse_spec
 
 PROG = "certbot-perms"
@@ -103,9 +104,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.config_dir and "/" in ref and os.path.abspath(config_dir) != os.path.abspath(
                 args.config_dir):
             raise UsageError(f"{ref}: not under --config-dir {args.config_dir}")
-        if not os.path.isdir(os.path.join(config_dir, "live", name)):
-            raise UsageError(f"{os.path.join(config_dir, 'live', name)}: no such lineage "
-                             "(see 'certbot certificates' for the names)")
+        live = os.path.join(config_dir, "live", name)
+        require_dir(live, f"{live}: no such lineage (see 'certbot certificates' for the names)")
         spec = given
         if spec is None:
             spec, _source = spec_for(config_dir, name)

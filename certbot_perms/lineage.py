@@ -265,6 +265,36 @@ def _who(who: dict[str, int], spec: KeySpec) -> str:
     return f"user {spec.owner_name}" if "uid" in who else f"group {spec.group_name}"
 
 
+def _warn_if_ancestors_keep_out(config_dir: str, spec: KeySpec, report: ApplyReport) -> None:
+    """A directory above the config dir that the key's readers cannot search keeps them
+    out whatever the key says: say so (it is not ours to open)."""
+    path = os.path.realpath(config_dir)
+    ancestors = []
+    while True:
+        ancestors.append(path)
+        if path == "/":
+            break
+        path = os.path.dirname(path)
+    for directory in reversed(ancestors):
+        try:
+            fd = os.open(directory, READ_DIR)
+        except OSError:
+            continue  # not ours to judge: the walk below it already succeeded
+        try:
+            st = os.fstat(fd)
+            for who in search_principals(spec):
+                if not _can_search(fd, st, who):
+                    arg = (f"u:{spec.owner_name}:x" if "uid" in who
+                           else f"g:{spec.group_name}:x")
+                    report.warnings.append(
+                        f"{directory} (mode {stat.S_IMODE(st.st_mode):04o}) keeps "
+                        f"{_who(who, spec)} out, so it cannot reach the key whatever the "
+                        f"key's mode (let it pass: setfacl -m {arg} {directory})")
+                    return
+        finally:
+            os.close(fd)
+
+
 def open_config_dir(config_dir: str) -> int:
     """The certbot config dir, opened once; everything below is reached relative to it.
 
@@ -302,6 +332,7 @@ def apply_key_permissions(config_dir: str, name: str, spec: KeySpec) -> ApplyRep
             for key in keys:
                 apply_to_key(archive_fd, key, spec, os.path.join(archive_shown, key), report)
         _grant_path(root_fd, config_dir, [live_rel, archive_rel], spec, report)
+        _warn_if_ancestors_keep_out(config_dir, spec, report)
     except OSError as exc:
         raise KeysError(f"{config_dir}: lineage {name}: "
                         f"{describe_os_error(exc, exc.filename or 'a key or directory')}"

@@ -59,6 +59,12 @@ def run_reporting(prog: str, run: Callable[[], int], debug: bool) -> int:
     except KeysError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # Our reader went away ('... | head'): not a disk error, and nothing to say.
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet too.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except OSError as exc:
         print(f"{prog}: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_FAILED

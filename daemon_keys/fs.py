@@ -23,7 +23,7 @@ import stat
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from daemon_keys.errors import KeysError, UnsafePathError, reason, write_failed
+from daemon_keys.errors import KeysError, UnsafePathError, UsageError, reason, write_failed
 
 T = TypeVar("T")
 
@@ -198,6 +198,21 @@ def read_regular(name: str, *, dir_fd: int | None = None, limit: int, where: str
     if len(data) > limit:
         raise error(f"{where}: larger than {limit} bytes; not what belongs here")
     return st, data
+
+
+def require_dir(path: str, missing: str) -> None:
+    """``path`` is a directory; else :class:`UsageError` ``missing`` when there is none
+    there, or one line saying why it cannot be looked at (a user who may not read
+    certbot's 0700 directories gets "Permission denied", not "no such lineage")."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(missing) from None
+    except OSError as exc:
+        raise KeysError(f"{path}: cannot look at it: {reason(exc)} (run as root, or as "
+                        "the user certbot runs as)") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(missing)
 
 
 def make_temp(dir_fd: int, name: str, create: Callable[[str], T], where: str,

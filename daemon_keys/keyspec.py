@@ -133,6 +133,9 @@ def parse_mode(value: str, option: str) -> int:
     if mode & stat.S_IRWXO:
         raise SpecError(f"{option}: {mode:04o} gives other users access to the private key "
                         "(use 0640 and a group the daemon is in, or 0600)")
+    if mode & stat.S_IXUSR:
+        raise SpecError(f"{option}: {mode:04o} makes the private key executable, which it "
+                        "never needs (use 0600, or 0640 with a group)")
     if mode & (stat.S_IWGRP | stat.S_IXGRP):
         raise SpecError(f"{option}: {mode:04o} lets the group write or execute the private key "
                         "(the group needs read at most: use 0640)")

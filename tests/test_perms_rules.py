@@ -33,6 +33,7 @@ def test_modes_that_are_accepted(mode: str, expected: int) -> None:
     ("1640", "setuid, setgid or sticky"),
     ("rw-r", "is not an octal mode"), ("0999", "is not an octal mode"), ("", "nothing"),
     ("06400", "setuid, setgid or sticky"), ("-640", "is not an octal mode"),
+    ("0700", "makes the private key executable"), ("0740", "makes the private key executable"),
 ])
 def test_modes_that_are_refused_name_the_option(mode: str, reason: str) -> None:
     with pytest.raises(SpecError) as err:
@@ -105,3 +106,18 @@ def test_grant_search_never_widens_an_existing_entry(open_tmp: Path, group: str)
     finally:
         os.close(fd)
     assert before == after == 4
+
+
+@pytest.mark.parametrize("value, message", [
+    ("99999999999", "gid 99999999999 is out of range (0 to 4294967294)"),
+    ("4294967295", "gid 4294967295 is out of range (0 to 4294967294)"),
+    ("\u0661\u0662", "group '\u0661\u0662' does not exist"),  # digits, but not ASCII ones
+])
+def test_a_group_id_out_of_range_or_not_ascii_is_refused(value: str, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(None, value, None)
+    assert str(err.value) == f"--key-group: {message}" or message in str(err.value)
+
+
+def test_the_largest_id_chown_can_give_is_accepted() -> None:
+    assert parse_spec("4294967294", "4294967294", None)[:2] == (4294967294, 4294967294)

@@ -34,7 +34,7 @@ from tests.support.site import (
     write_lineage,
 )
 from tests.support.testbed import Certbot
-from tests.support.users import NOBODY
+from tests.support.users import NOBODY, as_user
 
 HOOKS = Path(__file__).parent.parent / "hooks"
 
@@ -449,3 +449,82 @@ def test_a_metrics_file_over_certbots_files_is_refused(site: Path) -> None:
     assert result.returncode == 2 and "metrics_file" in one_line(result)
     assert "would write into certbot's config dir" in one_line(result)
     assert snapshot(site) == before
+
+
+# -- rough edges of the by-hand commands
+
+@pytest.mark.parametrize("parent, message", [
+    ("missing", "directory does not exist"),
+    ("0777", "writable by others (mode 0777)"),
+])
+def test_a_dry_run_refuses_what_the_real_run_refuses(site: Path, parent: str,
+                                                     message: str) -> None:
+    out = site / "out" / "sub"
+    if parent == "0777":
+        out.mkdir()
+        out.chmod(0o777)
+    write_conf(site / "le", f"[t]\nlineage = mail\npath = {out}/mail.pem\nformat = postfix\n")
+    before = snapshot(site / "out")
+    for args in (["--dry-run"], []):
+        result = deploy(site / "le", "deploy", "--all", *args)
+        assert result.returncode == 1 and message in one_line(result), (args, result.stdout)
+        assert "planned" not in result.stdout
+        if args:
+            assert not (site / "le" / "atomic-deploy.state").exists()  # a dry run: no state
+    assert snapshot(site / "out") == before
+
+
+def test_a_dry_run_shows_each_files_mode_and_the_commands(site: Path) -> None:
+    write_conf(site / "le", f"""\
+[certs]
+lineage = mail
+path = {site}/out/fullchain.pem
+format = fullchain
+check = true
+reload = echo reload
+
+[key]
+lineage = mail
+path = {site}/out/key.pem
+format = key
+""")
+    result = deploy(site / "le", "deploy", "--all", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("]")[0][1:]: line for line in result.stdout.splitlines()}
+    assert "as root:root 0644, then check 'true', reload 'echo reload'" in lines["certs"]
+    assert lines["key"].endswith("as root:root 0600")
+    assert list((site / "out").iterdir()) == []
+
+
+def test_status_of_a_target_never_deployed_says_so_without_none(site: Path) -> None:
+    basic_conf(site)
+    result = deploy(site / "le", "status")
+    assert result.returncode == 1
+    assert result.stdout.strip() == f"[postfix] {site}/out/mail.pem: never deployed"
+
+
+def test_rollback_of_a_target_that_does_not_exist_is_a_usage_error(site: Path) -> None:
+    basic_conf(site)
+    result = deploy(site / "le", "rollback", "nosuch")
+    assert result.returncode == 2 and "no target [nosuch] (targets: postfix)" in one_line(result)
+
+
+def test_output_into_a_closed_pipe_is_not_reported_as_a_disk_error(site: Path) -> None:
+    """'check-config | head': the reader goes away; nothing to complain about."""
+    write_conf(site / "le", "".join(f"[t{i}]\nlineage = mail\npath = {site}/out/{i}.pem\n"
+                                    f"format = postfix\n" for i in range(2000)))
+    result = subprocess.run(f"{DEPLOY} --config-dir {site / 'le'} check-config | head -c 10",
+                            shell=True, capture_output=True, text=True, timeout=120)
+    assert len(result.stdout) == 10 and result.stderr == "", result.stderr
+
+
+def test_a_user_who_may_not_look_is_told_so_not_no_such_lineage(site: Path) -> None:
+    basic_conf(site)
+    (site / "le").chmod(0o755)
+    (site / "le" / "atomic-deploy.conf").chmod(0o644)
+    result = subprocess.run(
+        [*as_user(NOBODY, NOBODY), DEPLOY, "--config-dir", str(site / "le"), "--config",
+         str(site / "le" / "atomic-deploy.conf"), "deploy", "--lineage", "mail", "--dry-run"],
+        capture_output=True, text=True, timeout=60)
+    line = one_line(result)
+    assert result.returncode == 1 and "Permission denied" in line and "no such" not in line

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.site import mode_of
 from tests.support.testbed import Certbot
+from tests.support.users import NOBODY, run_as
 from tests.test_perms_certbot import PERMS, assert_group_reaches_key, perms
 
 
@@ -153,3 +154,29 @@ def test_an_id_out_of_range_is_refused_before_anything_is_issued(certbot: Certbo
                     "big")
     assert by_hand.returncode == 2 and f"uid {value} is out of range" in by_hand.stderr
     assert _keys(certbot, "big") == [(0, 0, 0o600)]
+
+
+def test_a_user_who_may_not_look_is_told_so_not_no_such_lineage(certbot: Certbot) -> None:
+    certbot.certonly("mail", ["mail.example.org"])
+    result = run_as(NOBODY, NOBODY, None, PERMS, "--config-dir", str(certbot.config_dir),
+                    "apply", "--key-mode", "0600", "mail")
+    assert result.returncode == 1, result.stderr
+    assert "Permission denied" in result.stderr and "no such lineage" not in result.stderr
+
+
+def test_apply_warns_when_a_directory_above_keeps_the_group_out(
+        certbot: Certbot, group: str) -> None:
+    certbot.certonly("mail", ["mail.example.org"])
+    certbot.root.chmod(0o700)  # e.g. a config dir under root's 0700 home
+    applied = perms("--config-dir", str(certbot.config_dir), "apply", "--key-group", group,
+                    "mail")
+    assert applied.returncode == 0, applied.stderr
+    assert (f"{certbot.root} (mode 0700) keeps group {group} out, so it cannot reach the key"
+            in applied.stderr)
+    assert f"setfacl -m g:{group}:x {certbot.root}" in applied.stderr
+    denied = run_as(NOBODY, NOBODY, [group], "cat", str(certbot.live("mail") / "privkey.pem"))
+    assert denied.returncode != 0  # the warning is true
+    certbot.root.chmod(0o755)
+    again = perms("--config-dir", str(certbot.config_dir), "apply", "--key-group", group, "mail")
+    assert "keeps group" not in again.stderr
+    assert_group_reaches_key(certbot, "mail", group)

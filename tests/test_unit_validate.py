@@ -152,3 +152,13 @@ def test_links_into_two_versions_are_a_renewal_under_way(tmp_path: Path) -> None
     cert.symlink_to("../../archive/mail/cert1.pem")  # as certbot leaves it mid-swap
     with pytest.raises(ValidationError, match=r"links point to different versions \[1, 2\]"):
         read_lineage(str(tmp_path), "mail")
+
+
+def test_a_forged_issuer_is_refused_with_a_reason_not_an_empty_one() -> None:
+    key, (leaf, _inter) = make_chain(["mail.example.org"])
+    _other, (_leaf, forged_inter) = make_chain(["mail.example.org"])
+    with pytest.raises(ValidationError) as err:
+        validate(material(key, [leaf, forged_inter]))
+    line = str(err.value)
+    assert "is not issued by certificate 2" in line and not line.endswith(": ")
+    assert "its signature does not verify with the key of certificate 2" in line
