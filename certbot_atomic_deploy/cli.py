@@ -68,7 +68,9 @@ fullchain, postfix (key, then the full chain), haproxy (full chain, then the key
 pkcs12 (with password_file), or directory = DIR (current -> vN/ holding every format);
 owner, group, mode (of files that hold the key; at most 0640); check and reload
 commands; timeout (seconds each command may run, default 300: then its whole process
-group is killed); keep; preset = postfix, dovecot, exim, haproxy, nginx, apache, ... A
+group is killed); reader (the daemon's user, who must be able to open the published key
+before any check or reload); keep; metrics_file (in [defaults] only: a node_exporter
+textfile rewritten by every run); preset = postfix, dovecot, exim, haproxy, nginx, apache, ... A
 [defaults] section applies to every target."""),
     ("Exit status", EXIT_STATUS),
     ("Files", """CONFIG_DIR/atomic-deploy.conf: the targets.

@@ -131,3 +131,42 @@ def _first_error(code: int, *outputs: bytes) -> str:
                         lines[0])
             return f"{status}: {line[:300]}"
     return status
+
+
+def open_as(user: str, path: str) -> CommandRun:
+    """Open ``path`` for reading as ``user`` (its uid, primary group and supplementary
+    groups, as the daemon gets them), read nothing, close: whether the daemon running
+    as that user could open the file we published. A check run before any reload.
+
+    A forked child drops to the user and opens; nothing is executed, so it works
+    whatever the user may run.
+    """
+    import errno
+    import pwd
+
+    what = f"open {path} as {user}"
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return CommandRun(what, False, f"user '{user}' does not exist", "check")
+    groups = os.getgrouplist(user, entry.pw_gid)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        status = 125
+        try:
+            os.setgroups(groups)
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY))
+            status = 0
+        except OSError as exc:
+            status = min(exc.errno or 124, 124)
+        finally:
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code == 0:
+        return CommandRun(what, True, "ok", "check")
+    why = (os.strerror(code) if 0 < code < 124 and code in errno.errorcode
+           else f"exit {code}")
+    return CommandRun(what, False, f"{user} cannot open it: {why}", "check")

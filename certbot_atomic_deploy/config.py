@@ -42,7 +42,7 @@ from certbot_atomic_deploy.pem import (
 from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
 from daemon_keys.errors import ConfigError, SpecError, UnsafePathError
 from daemon_keys.fs import open_dir, read_regular, unsafe_reason
-from daemon_keys.keyspec import KeySpec, parse_spec
+from daemon_keys.keyspec import KeySpec, parse_spec, resolve_user
 
 DEFAULT_KEEP = 2
 DEFAULT_TIMEOUT = 300.0  # seconds a check or reload may run before its process group is killed
@@ -112,6 +112,8 @@ SPEC: dict[str, Callable[[object], object]] = {
     "keep": _keep,
     "timeout": _timeout,
     "metrics_file": _text("one path"),
+    "reader": _text("one user"),
+    "dont_blame_sendmail": _choice(("GroupReadableKeyFile",)),
     "password_file": _text("one path"),
 }
 _FORMATS = ", ".join(repr(f) for f in _FORMAT_NAMES)
@@ -166,6 +168,7 @@ class Target(NamedTuple):
     keep: int
     preset: str | None = None
     timeout: float = DEFAULT_TIMEOUT  # of each check and reload command
+    reader: str | None = None  # the daemon's user: must open the key before any reload
 
     @property
     def destination(self) -> str:
@@ -261,13 +264,23 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
                          names=(where("owner"), where("group"), where("mode")))
     except SpecError as exc:
         raise ConfigError(str(exc)) from None
+    widened = get("dont_blame_sendmail") is not None
+    if widened and preset_name != "sendmail":
+        raise ConfigError(f"{where('dont_blame_sendmail')}: only a preset = sendmail target "
+                          "takes it")
     if preset_name is not None:
-        why = preset_mode_error(str(preset_name), key.mode)
+        why = preset_mode_error(str(preset_name), key.mode, widened)
         if why is not None:
             raise ConfigError(f"{where('mode')}: {why}")
         if PRESETS[str(preset_name)].root_owned and key.uid != 0:
             raise ConfigError(f"{where('owner')}: {preset_name} refuses a key file not owned "
                               f"by root ({PRESETS[str(preset_name)].why})")
+    reader = get("reader")
+    if reader is not None:
+        try:
+            resolve_user(str(reader), where("reader"))
+        except SpecError as exc:
+            raise ConfigError(str(exc)) from None
     password_file = get("password_file")
     if fmt == KEYSTORE_FORMAT and password_file is None:
         raise ConfigError(f"{file}: [{name}] password_file: missing; a pkcs12 target needs "
@@ -284,13 +297,35 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
                            if fmt == KEYSTORE_FORMAT else None))
     else:
         output = DirectoryOutput(directory=_absolute(str(directory), where("directory")))
+    if preset_name is not None and PRESETS[str(preset_name)].no_writable_dirs:
+        _refuse_writable_dirs(output.destination, str(preset_name),
+                              where("path" if path is not None else "directory"))
     return Target(
         name=name, lineage=lineage, domains=domains, output=output, key=key,
         reload=get_list("reload"),
         check=get_list("check"),
         keep=DEFAULT_KEEP if keep is None else int(str(keep)),
         timeout=DEFAULT_TIMEOUT if get("timeout") is None else float(str(get("timeout"))),
+        reader=None if reader is None else str(reader),
         preset=str(preset_name) if preset_name is not None else None)
+
+
+def _refuse_writable_dirs(destination: str, preset: str, where: str) -> None:
+    """For a daemon that refuses a key below any world-writable directory (sendmail):
+    the directories above the destination that exist."""
+    directory = os.path.dirname(destination)
+    while True:
+        try:
+            st = os.stat(directory)
+        except OSError:
+            st = None
+        if st is not None and st.st_mode & stat.S_IWOTH:
+            raise ConfigError(f"{where}: {directory} is world-writable (mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}), and {preset} refuses a key "
+                              f"below such a directory, sticky or not ({PRESETS[preset].why})")
+        if directory == "/":
+            return
+        directory = os.path.dirname(directory)
 
 
 MAX_PASSWORD_BYTES = 1024

@@ -33,7 +33,13 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-from certbot_atomic_deploy.commands import CommandRun, environment, expand, run_command
+from certbot_atomic_deploy.commands import (
+    CommandRun,
+    environment,
+    expand,
+    open_as,
+    run_command,
+)
 from certbot_atomic_deploy.config import Config, FileOutput, Target
 from certbot_atomic_deploy.payload import Payload, payload_for
 from certbot_atomic_deploy.pem import Material, list_lineages, read_lineage
@@ -394,6 +400,11 @@ class Deployer:
 
     def _run_checks(self, target: Target, record: Record,
                     result: RunResult) -> CommandRun | None:
+        if target.reader is not None:  # before the daemon's own check: it may not open it
+            run = open_as(target.reader, _reader_path(target))
+            result.commands.append(run)
+            if not run.ok:
+                return run
         env = self._env(target, record.lineage, record.names)
         for template in target.check:
             run = run_command(expand(template, target.destination, record.lineage,
@@ -501,6 +512,14 @@ class Deployer:
         return rows
 
 
+def _reader_path(target: Target) -> str:
+    """The file the daemon's user must open: the file, or the key in ``current/``."""
+    output = target.output
+    if isinstance(output, FileOutput):
+        return output.path
+    return os.path.join(output.directory, "current", "privkey.pem")
+
+
 def _modes(target: Target) -> str:
     """Owner, group and mode of what a target's publish writes."""
     key = target.key
@@ -512,15 +531,16 @@ def _modes(target: Target) -> str:
 
 def _commands(target: Target) -> str:
     """The commands a publish of this target would run, for a dry run's line."""
-    said = [f"{kind} '{c}'" for kind, commands in (("check", target.check),
-                                                   ("reload", target.reload))
-            for c in commands]
+    said = ([f"open it as {target.reader}"] if target.reader else []) + [
+        f"{kind} '{c}'" for kind, commands in (("check", target.check),
+                                               ("reload", target.reload))
+        for c in commands]
     return f", then {', '.join(said)}" if said else ""
 
 
 def _pending_after_publish(target: Target) -> str | None:
     """What a just-published target waits for: its check, else its reload, else nothing."""
-    if target.check:
+    if target.check or target.reader:
         return PENDING_CHECK
     return PENDING_RELOAD if target.reload else None
 

@@ -19,6 +19,10 @@ class Preset(NamedTuple):
     max_mode: int | None = None   # the daemon refuses a key file with any other bit
     exact_mode: int | None = None  # the daemon refuses any other mode
     root_owned: bool = False       # the daemon refuses a key file not owned by uid 0
+    # The daemon refuses a key below a world-writable directory, sticky or not.
+    no_writable_dirs: bool = False
+    # The config key, value that lets the daemon take a wider key, and the mode it allows.
+    widened_by: tuple[str, str, int] | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -36,13 +40,17 @@ PRESETS: dict[str, Preset] = {
         "tls_certificate (with the key in the same file when tls_privatekey is unset) is read "
         "by the Exim user after it drops root: the Debian-exim group must read it",
         {"format": "key+fullchain", "group": "Debian-exim", "mode": "0640",
-         "check": ["exim -bV > /dev/null"], "reload": ["systemctl reload exim4"]}),
+         "reader": "Debian-exim", "check": ["exim -bV > /dev/null"],
+         "reload": ["systemctl reload exim4"]}),
     "sendmail": Preset(
-        "confSERVER_KEY must be 0600 and root's: sendmail refuses a group-readable key file "
-        "unless DontBlameSendmail=GroupReadableKeyFile",
+        "confSERVER_KEY must be root's and 0600, in no world-writable directory (sticky or "
+        "not): sendmail refuses a group-readable key file unless its DontBlameSendmail "
+        "option has GroupReadableKeyFile (then say so: dont_blame_sendmail = "
+        "GroupReadableKeyFile, and mode 0640 is taken)",
         {"format": "key+fullchain", "mode": "0600", "check": ["sendmail -bt < /dev/null"],
          "reload": ["systemctl reload sendmail"]},
-        max_mode=0o600, root_owned=True),
+        max_mode=0o600, root_owned=True, no_writable_dirs=True,
+        widened_by=("dont_blame_sendmail", "GroupReadableKeyFile", 0o640)),
     "opensmtpd": Preset(
         "pki key: smtpd refuses a key not owned by uid 0 or readable by others",
         {"format": "key+fullchain", "mode": "0600", "check": ["smtpd -n"],
@@ -50,14 +58,17 @@ PRESETS: dict[str, Preset] = {
         max_mode=0o640, root_owned=True),
     "samba": Preset(
         "tls keyfile: the AD DC refuses a key whose owner is not its euid (root) or whose mode "
-        "is not exactly 0600",
+        "is not exactly 0600, and its LDAP server loads a new key only on a restart "
+        "(smbcontrol reload-config does not)",
         {"format": "key", "mode": "0600", "check": ["testparm -s > /dev/null"],
-         "reload": ["smbcontrol all reload-config"]},
+         "reload": ["systemctl restart samba-ad-dc"]},
         exact_mode=0o600, root_owned=True),
     "courier": Preset(
-        "TLS_CERTFILE holds key and certificate in one file, not world-readable",
-        {"format": "key+fullchain", "mode": "0600",
-         "reload": ["systemctl restart courier-imap-ssl"]}),
+        "TLS_CERTFILE holds key and certificate in one file, read by couriertls as the "
+        "courier user on every connection (so no restart, which would drop sessions); "
+        "Debian ships it courier:courier 0600, and couriertls itself refuses no mode",
+        {"format": "key+fullchain", "owner": "courier", "group": "courier", "mode": "0600",
+         "reader": "courier"}),
     "haproxy": Preset(
         "crt: one PEM with the certificate chain and the key, read as root at start and reload",
         {"format": "fullchain+key", "mode": "0600",
@@ -75,29 +86,31 @@ PRESETS: dict[str, Preset] = {
     "mosquitto": Preset(
         "certfile/keyfile are read by the mosquitto user after it drops root",
         {"format": "key+fullchain", "group": "mosquitto", "mode": "0640",
-         "reload": ["systemctl reload mosquitto"]}),
+         "reader": "mosquitto", "reload": ["systemctl reload mosquitto"]}),
     "slapd": Preset(
         "olcTLSCertificateKeyFile is read by the openldap user",
-        {"format": "key+fullchain", "group": "openldap", "mode": "0640",
+        {"format": "key+fullchain", "group": "openldap", "mode": "0640", "reader": "openldap",
          "check": ["slaptest -u -Q"], "reload": ["systemctl restart slapd"]}),
     "prosody": Preset(
         "certificates are read by the prosody user",
-        {"format": "key+fullchain", "group": "prosody", "mode": "0640",
+        {"format": "key+fullchain", "group": "prosody", "mode": "0640", "reader": "prosody",
          "check": ["prosodyctl check config"], "reload": ["prosodyctl reload"]}),
     "tomcat": Preset(
         "certificateKeystoreFile (certificateKeystoreType PKCS12) is read by the tomcat user "
         "at start; Tomcat does not reread it on its own",
-        {"format": "pkcs12", "group": "tomcat", "mode": "0640",
+        {"format": "pkcs12", "group": "tomcat", "mode": "0640", "reader": "tomcat",
          "reload": ["systemctl restart tomcat10"]}),
 }
 
 
-def preset_mode_error(name: str, mode: int) -> str | None:
-    """Why this daemon would refuse a key file with ``mode``, or None."""
+def preset_mode_error(name: str, mode: int, widened: bool = False) -> str | None:
+    """Why this daemon would refuse a key file with ``mode``, or None. ``widened``: the
+    target says the daemon was told to take more (the preset's ``widened_by``)."""
     preset = PRESETS[name]
     if preset.exact_mode is not None and mode != preset.exact_mode:
         return (f"{mode:04o}: {name} refuses any key mode but {preset.exact_mode:04o} "
                 f"({preset.why})")
-    if preset.max_mode is not None and mode & ~preset.max_mode:
+    most = preset.widened_by[2] if widened and preset.widened_by else preset.max_mode
+    if most is not None and mode & ~most:
         return f"{mode:04o}: {name} refuses a key file this open ({preset.why})"
     return None

@@ -107,6 +107,8 @@ def print_config(config: Config, chosen: dict[str, str]) -> None:
         if isinstance(t.output, FileOutput) and t.output.password_file:
             print(f"    keystore: PKCS#12, password from {t.output.password_file}, alias the "
                   "lineage name")
+        if t.reader:
+            print(f"    check: open the key as {t.reader} (the daemon's user)")
         for c in t.check:
             print(f"    check: {c}")
         for c in t.reload:

@@ -1,6 +1,10 @@
 """Daemon presets in the config: resolved values, overrides, and modes a daemon refuses."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,29 +37,29 @@ check = true
 reload = echo mine >> {log}
 
 [other]
-preset = courier
+preset = apache
 lineage = mail
-path = {site}/out/courier.pem
+path = {site}/out/apache.pem
 """)
     result = deploy(site / "le", "deploy", "--all")
-    assert result.returncode == 1  # courier's own reload (systemctl ...) fails here
+    assert result.returncode == 1  # apache's own check (apachectl) fails here: rolled back
     assert log.read_text() == "mine\n"
     data = (site / "out" / "mail.pem").read_bytes()
     assert data.index(b"CERTIFICATE") < data.index(b"PRIVATE KEY")  # haproxy: chain, then key
-    assert mode_of(site / "out" / "courier.pem") == 0o600
-    assert "systemctl restart courier-imap-ssl" in result.stderr
+    assert not (site / "out" / "apache.pem").exists()
+    assert "check 'apachectl configtest' failed" in result.stderr
 
 
 def test_an_empty_value_turns_off_a_presets_commands(site: Path) -> None:
-    # courier's preset reloads with systemctl, which fails here: "reload =" and
-    # "check =" in the target must leave it with none, and the deploy succeeds.
-    write_conf(site / "le", f"[t]\npreset = courier\nlineage = mail\n"
-                            f"path = {site}/out/courier.pem\nreload =\ncheck =\n")
+    # apache's preset checks and reloads with apachectl, which fails here: "reload ="
+    # and "check =" in the target must leave it with none, and the deploy succeeds.
+    write_conf(site / "le", f"[t]\npreset = apache\nlineage = mail\n"
+                            f"path = {site}/out/apache.pem\nreload =\ncheck =\n")
     shown = deploy(site / "le", "check-config")
     assert "reload:" not in shown.stdout and "check:" not in shown.stdout, shown.stdout
     result = deploy(site / "le", "deploy", "--all")
     assert result.returncode == 0, result.stderr
-    assert (site / "out" / "courier.pem").exists()
+    assert mode_of(site / "out" / "apache.pem") == 0o600
 
 
 @pytest.mark.parametrize("preset,extra,message", [
@@ -64,6 +68,11 @@ def test_an_empty_value_turns_off_a_presets_commands(site: Path) -> None:
     ("samba", "owner = 65534", "[t] owner: samba refuses a key file not owned by root"),
     ("opensmtpd", "owner = 65534", "opensmtpd refuses a key file not owned by root"),
     ("exim", "", "[t] group (from preset exim): group 'Debian-exim' does not exist"),
+    ("courier", "", "[t] owner (from preset courier): user 'courier' does not exist"),
+    ("sendmail", "mode = 0640\ndont_blame_sendmail = GroupReadableKeyFiles",
+     "[t] dont_blame_sendmail: 'GroupReadableKeyFiles' is not one of GroupReadableKeyFile"),
+    ("postfix", "dont_blame_sendmail = GroupReadableKeyFile",
+     "[t] dont_blame_sendmail: only a preset = sendmail target takes it"),
     ("nosuch", "", "[t] preset:"),
 ])
 def test_a_mode_or_owner_the_daemon_refuses_is_a_config_error(
@@ -76,3 +85,60 @@ def test_a_mode_or_owner_the_daemon_refuses_is_a_config_error(
     assert message in one_line(result)
     assert snapshot(site / "out") == before
 
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A temp dir below no world-writable directory (/run, not /tmp), as sendmail wants."""
+    path = Path(tempfile.mkdtemp(prefix="cdk-test-", dir="/run"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_sendmail_takes_a_group_readable_key_when_told_it_may(site: Path, group: str,
+                                                              run_dir: Path) -> None:
+    body = (f"[t]\npreset = sendmail\nlineage = mail\npath = {run_dir}/key.pem\n"
+            f"group = {group}\nmode = 0640\ncheck =\nreload =\n")
+    write_conf(site / "le", body)
+    refused = deploy(site / "le", "deploy", "--all")
+    assert refused.returncode == 2 and "sendmail refuses a key file this open" in refused.stderr
+    write_conf(site / "le", body + "dont_blame_sendmail = GroupReadableKeyFile\n")
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 0, result.stderr
+    assert mode_of(run_dir / "key.pem") == 0o640
+
+
+def test_sendmail_refuses_a_key_below_a_world_writable_directory_even_sticky(
+        site: Path) -> None:
+    sticky = site / "out" / "spool"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "tls").mkdir(mode=0o755)
+    write_conf(site / "le", f"[t]\npreset = sendmail\nlineage = mail\n"
+                            f"path = {sticky}/tls/key.pem\n")
+    result = deploy(site / "le", "check-config")
+    assert result.returncode == 2
+    assert f"{sticky} is world-writable (mode 1777), and sendmail refuses" in one_line(result)
+
+
+def test_the_daemons_user_must_open_the_key_before_any_reload(site: Path, user: str,
+                                                              group: str) -> None:
+    """A check that passes while the daemon cannot read its key (exim -bV, slaptest -u)
+    is not enough: the target's reader opens the published key first."""
+    log = site / "reload.log"
+    body = (f"[t]\nlineage = mail\npath = {site}/out/key.pem\nformat = key\n"
+            f"reader = {user}\nreload = echo reload >> {log}\n")
+    write_conf(site / "le", body + f"group = {group}\n")  # the user is not in it
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 1
+    line = one_line(result)
+    assert f"check 'open {site}/out/key.pem as {user}' failed ({user} cannot open it: " \
+           "Permission denied)" in line and "removed (there was none before)" in line
+    assert not (site / "out" / "key.pem").exists() and not log.exists()
+    subprocess.run(["usermod", "-a", "-G", group, user], check=True)
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 0, result.stderr
+    assert log.read_text() == "reload\n"
+    assert f"check ok: open {site}/out/key.pem as {user}" in result.stdout

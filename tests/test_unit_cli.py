@@ -11,6 +11,7 @@ import ast
 import importlib.metadata
 import json
 import os
+import pwd
 import re
 import shutil
 import stat
@@ -25,7 +26,7 @@ from certbot_atomic_deploy import cli as deploy_cli
 from certbot_atomic_deploy.config import load
 from certbot_atomic_deploy.presets import PRESETS
 from certbot_perms import cli as perms_cli
-from daemon_keys.errors import describe_unexpected
+from daemon_keys.errors import ConfigError, describe_unexpected
 from daemon_keys.keyspec import parse_mode
 from tests.support.pki import make_chain, pem_of
 from tests.support.site import make_site, snapshot, write_lineage, write_password
@@ -150,8 +151,14 @@ def test_every_preset_names_a_valid_key_mode_and_its_reason(tmp_path: Path) -> N
         password = f"password_file = {tmp_path}/p\n" if name == "tomcat" else ""
         # owner and group given, so presets whose group this machine lacks still load
         owner = f"owner = {0 if preset.root_owned else ME}\n"
+        reader = f"reader = {pwd.getpwuid(ME).pw_name}\n" if "reader" in preset.values else ""
         path.write_text(f"[t]\npreset = {name}\nlineage = mail\npath = {tmp_path}/k\n"
-                        f"{owner}group = {MY_GROUP}\n{password}")
+                        f"{owner}group = {MY_GROUP}\n{password}{reader}")
+        if preset.no_writable_dirs and any(
+                os.stat(d).st_mode & stat.S_IWOTH for d in (*tmp_path.parents, tmp_path)):
+            with pytest.raises(ConfigError, match=f"is world-writable .*{name} refuses"):
+                load(str(path), str(tmp_path / "le"))
+            continue
         target = load(str(path), str(tmp_path / "le")).targets[0]
         assert (target.preset, target.key.gid) == (name, MY_GROUP)
 
