@@ -6,25 +6,34 @@ Imports no certbot; cryptography only through :mod:`.validate` (and
 Contract of :meth:`Deployer.deploy`, one run under the state lock (steps
 marked ``# (N)`` in the body):
 
-1. select: for each target, its lineage (``lineage =`` names, or the one
-   lineage whose certificate covers every ``domains =`` glob); exactly one;
+1. select: for each target, its lineage (``lineage =`` names it, or the one
+   lineage among all whose certificate covers every ``domains =`` glob;
+   several is a config error, whichever lineage the run is for);
 2. compare: read the lineage (one consistent archive version, once per run)
    and make the target's payload; a destination that already holds it is
-   unchanged: nothing is written or reloaded;
+   unchanged: nothing is written, and nothing reloaded unless pending;
 3. validate: key matches leaf, chain links, leaf valid now, domains covered,
    once per lineage; a lineage that fails is published to no target;
 4. publish: stage and rename (owner and mode before the first key byte), or a
    new version directory and one link switch;
-5. check: run the target's ``check`` commands;
-6. roll back: a target whose check fails is put back as it was, its reload left out;
-7. record: what each target now holds, in one atomic write of the state file;
-8. reload: every distinct ``reload`` command of the targets that changed, once.
+5. record: what each target now holds, and what it still waits for (its
+   check, else its reload), in one atomic write of the state file, before
+   any command runs: a run that dies later leaves that pending;
+6. check: open the key as the target's ``reader``, then run its ``check``
+   commands; a check an earlier run left pending is run here too;
+7. roll back: a target whose check fails is put back as it was, record
+   included, its reload left out; then the state is written again;
+8. reload: every distinct ``reload`` command of every target whose reload is
+   pending (this run's, and any an earlier run could not finish), once,
+   unless the run defers them to ``reload-pending``; a target's reload stops
+   being pending when its commands succeed.
 
 A failing target never stops the others; the run reports every failure, and
 exits with the highest exit code among them (:mod:`daemon_keys.errors`).
 The cost of a run is linear in its targets: each lineage is read and
 validated once, each destination directory listed at most once, the state
-read once and written once.
+read once and written at most three times (after publishing, after the
+checks, after the reloads); a run with nothing to do writes nothing.
 """
 from __future__ import annotations
 
@@ -157,15 +166,16 @@ class Deployer:
             return result
         for p in published:  # (5)
             self._save(p.target, p.record, p.data, _pending_after_publish(p.target))
-        if any(p.target.check for p in published):
-            self._flush(result)  # a check a crash cuts short runs again next time
+        self._note_results(result)
+        if any(_pending_after_publish(p.target) for p in published):
+            self._flush(result)  # a check or reload a crash cuts short runs next time
         for p in published:
             failed = self._run_checks(p.target, p.record, result)  # (6)
             if failed is None:
                 self._passed(p.target)
             else:
                 self._undo(p, failed)  # (7)
-        self._resume_checks({p.target.name for p in published}, result)
+        self._resume_checks({p.target.name for p in published}, result)  # (6), (7)
         self._note_results(result)
         self._flush(result)
         if reload:
@@ -207,8 +217,8 @@ class Deployer:
         now = _now()
         for o in result.outcomes:
             state = self.state.load(o.target)
-            if o.status == "unchanged" and state.last is not None and (
-                    state.last.result in ("published", "unchanged")):
+            if state.last is not None and (state.last.result == o.status or (
+                    o.status == "unchanged" and state.last.result == "published")):
                 continue
             state.last = LastRun(o.status, now)
             self.state.put(o.target, state)
@@ -216,8 +226,10 @@ class Deployer:
     def _passed(self, target: Target) -> None:
         """Its checks passed: now its reload is what is pending (if it has one)."""
         state = self.state.load(target.name)
-        state.set_pending(PENDING_RELOAD if target.reload else None, _now())
-        self.state.put(target.name, state)
+        pending = PENDING_RELOAD if target.reload else None
+        if state.pending != pending:
+            state.set_pending(pending, _now())
+            self.state.put(target.name, state)
 
     def finish_pending(self) -> RunResult:
         """``reload-pending``: the checks and then the reloads earlier runs left pending."""
