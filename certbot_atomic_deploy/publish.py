@@ -133,12 +133,20 @@ def directory_in_place(directory: str, files: dict[str, NewFile]) -> bool:
         os.close(dir_fd)
 
 
-def _current_bytes(dir_fd: int, name: str, where: str) -> bytes | None:
-    """The current content of ``name`` (any owner), for an undo; None if absent."""
+def _current_file(dir_fd: int, name: str, where: str, new: NewFile) -> NewFile | None:
+    """The current ``name`` (content, owner, group, mode), for an undo; None if absent.
+
+    An undo puts back the owner and group it had (a daemon reading as its group must
+    still read it), never a mode wider than before, and, unless the new file is
+    itself public, nothing for others (a key that was 0644 comes back 0640)."""
     try:
-        return read_regular(name, dir_fd=dir_fd, limit=MAX_FILE_BYTES, where=where)[1]
+        st, data = read_regular(name, dir_fd=dir_fd, limit=MAX_FILE_BYTES, where=where)
     except KeysError:
         return None  # absent; anything else there is refused by write_file_atomic's step (1)
+    mode = stat.S_IMODE(st.st_mode) & 0o777
+    if not new.mode & stat.S_IROTH:
+        mode &= ~stat.S_IRWXO
+    return NewFile(data, st.st_uid, st.st_gid, mode)
 
 
 def publish_file(path: str, new: NewFile, leftovers: Leftovers) -> Undo:
@@ -147,7 +155,7 @@ def publish_file(path: str, new: NewFile, leftovers: Leftovers) -> Undo:
     dir_fd = open_for_writing(os.path.dirname(path), owner_uid=new.uid)
     try:
         leftovers.remove(dir_fd, name)
-        previous = _current_bytes(dir_fd, name, path)
+        previous = _current_file(dir_fd, name, path, new)
         write_file_atomic(dir_fd, name, new.data, uid=new.uid, gid=new.gid, mode=new.mode,
                           where=path)
     finally:
@@ -161,8 +169,8 @@ def publish_file(path: str, new: NewFile, leftovers: Leftovers) -> Undo:
                     os.unlink(name, dir_fd=fd)
                 os.fsync(fd)
             else:
-                write_file_atomic(fd, name, previous, uid=new.uid, gid=new.gid,
-                                  mode=new.mode, where=path)
+                write_file_atomic(fd, name, previous.data, uid=previous.uid,
+                                  gid=previous.gid, mode=previous.mode, where=path)
         finally:
             os.close(fd)
 

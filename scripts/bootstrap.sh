@@ -32,6 +32,7 @@ daemons=()
 [ -x /usr/sbin/haproxy ] || daemons+=(haproxy)
 [ -x /usr/sbin/nginx ] || daemons+=(nginx-light)
 [ -x /usr/sbin/dovecot ] || daemons+=(dovecot-imapd)
+[ -x /usr/sbin/mosquitto ] || daemons+=(mosquitto)
 if [ ${#missing[@]} -gt 0 ] || [ ${#daemons[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]} ${daemons[*]}"
     export DEBIAN_FRONTEND=noninteractive

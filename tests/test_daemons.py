@@ -8,6 +8,7 @@ check fails, the target goes back, nginx keeps serving the previous certificate.
 """
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from tests.support.daemons import (
     dovecot,
     haproxy,
     lineage_serial,
+    mosquitto,
     nginx,
     postfix,
     seed,
@@ -121,6 +123,41 @@ def test_dovecot_on_a_versioned_directory_through_a_renewal(certbot: Certbot,
         _eventually(lambda: served_serial(daemon.port, "imap") == v1)
         certbot.renew("--force-renewal")
         _eventually(lambda: served_serial(daemon.port, "imap") == lineage_serial(live) != v1)
+
+
+@pytest.mark.skipif(not shutil.which("mosquitto", path="/usr/sbin"),
+                    reason="mosquitto is installed by scripts/test")
+def test_mosquitto_reads_the_key_as_its_user_and_a_key_it_cannot_read_is_rolled_back(
+        certbot: Certbot, open_tmp: Path) -> None:
+    """The mosquitto preset: root:mosquitto 0640, read by the mosquitto user after it
+    drops root, reloaded by SIGHUP. A spec that keeps its user out (group root) is
+    caught by opening the key as that user before the reload: rolled back, and the
+    broker keeps serving what it had."""
+    tls = open_tmp / "mosquitto-tls"
+    tls.mkdir(mode=0o755)
+    combined = tls / "mqtt.pem"
+    seed(combined)
+    shutil.chown(combined, group="mosquitto")
+    combined.chmod(0o640)
+    with mosquitto(open_tmp / "mosquitto", str(combined)) as daemon:
+        _target(certbot, daemon, f"path = {combined}")
+        live = _issue_with_hook(certbot)
+        first = lineage_serial(live)
+        assert mode_of(combined) == 0o640 and combined.stat().st_gid == grp.getgrnam(
+            "mosquitto").gr_gid
+        _eventually(lambda: served_serial(daemon.port) == first)
+        certbot.renew("--force-renewal")
+        second = lineage_serial(live)
+        _eventually(lambda: served_serial(daemon.port) == second != first)
+
+        conf = certbot.config_dir / "atomic-deploy.conf"
+        conf.write_text(conf.read_text() + "group = root\n")  # keeps the mosquitto user out
+        renewed = certbot.renew("--force-renewal", check=False)
+        assert f"check 'open {combined} as mosquitto' failed (mosquitto cannot open it: " \
+               "Permission denied)" in renewed.stderr, renewed.stderr
+        assert lineage_serial(live) != second  # certbot renewed, the target went back:
+        assert combined.stat().st_gid == grp.getgrnam("mosquitto").gr_gid
+        assert served_serial(daemon.port) == second  # and the broker was not reloaded
 
 
 def _eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:

@@ -518,7 +518,8 @@ def test_output_into_a_closed_pipe_is_not_reported_as_a_disk_error(site: Path) -
     assert len(result.stdout) == 10 and result.stderr == "", result.stderr
 
 
-def test_a_user_who_may_not_look_is_told_so_not_no_such_lineage(site: Path) -> None:
+def test_a_user_who_may_not_look_is_told_so_not_no_such_lineage(site: Path,
+                                                                outsider_python: str) -> None:
     basic_conf(site)
     (site / "le").chmod(0o755)
     (site / "le" / "atomic-deploy.conf").chmod(0o644)
@@ -528,3 +529,18 @@ def test_a_user_who_may_not_look_is_told_so_not_no_such_lineage(site: Path) -> N
         capture_output=True, text=True, timeout=60)
     line = one_line(result)
     assert result.returncode == 1 and "Permission denied" in line and "no such" not in line
+
+
+def test_a_rollback_puts_back_the_owner_group_and_mode_the_file_had(site: Path,
+                                                                    group: str) -> None:
+    """A daemon that read the old file through its group must still read it after a
+    failed check put it back (it used to come back with the new spec's group)."""
+    basic_conf(site, f"group = {group}\nmode = 0640")
+    assert deploy(site / "le", "deploy", "--all").returncode == 0
+    published = site / "out" / "mail.pem"
+    before = (published.read_bytes(), published.stat().st_gid, mode_of(published))
+    new_version(site)
+    basic_conf(site, "group = root\nmode = 0600\ncheck = false")
+    result = deploy(site / "le", "deploy", "--all")
+    assert result.returncode == 1 and "restored the previous content" in one_line(result)
+    assert (published.read_bytes(), published.stat().st_gid, mode_of(published)) == before

@@ -156,7 +156,8 @@ def test_an_id_out_of_range_is_refused_before_anything_is_issued(certbot: Certbo
     assert _keys(certbot, "big") == [(0, 0, 0o600)]
 
 
-def test_a_user_who_may_not_look_is_told_so_not_no_such_lineage(certbot: Certbot) -> None:
+def test_a_user_who_may_not_look_is_told_so_not_no_such_lineage(certbot: Certbot,
+                                                                outsider_python: str) -> None:
     certbot.certonly("mail", ["mail.example.org"])
     result = run_as(NOBODY, NOBODY, None, PERMS, "--config-dir", str(certbot.config_dir),
                     "apply", "--key-mode", "0600", "mail")

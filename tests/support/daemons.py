@@ -7,6 +7,7 @@ daemon for its certificate with a real TLS client (``openssl s_client``).
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -215,6 +216,38 @@ service imap-login {{
                     reload=f"doveadm -c {conf} reload")
     with _foreground(daemon, ["dovecot", "-F", "-c", str(conf)], root / "stdout.log",
                      root / "dovecot.log") as running:
+        yield running
+
+
+@contextmanager
+def mosquitto(root: Path, combined: str) -> Iterator[Daemon]:
+    """A private Mosquitto (foreground) with a TLS listener on one key+fullchain file.
+
+    As root it drops to the mosquitto user before it reads the key, as the packaged
+    service does; SIGHUP makes it read the key and certificate again.
+    """
+    import pwd
+
+    root = _dir(root)
+    port = free_port()
+    run = _dir(root / "run")
+    entry = pwd.getpwnam("mosquitto")
+    os.chown(run, entry.pw_uid, entry.pw_gid)  # it writes its pid file as that user
+    conf = root / "mosquitto.conf"
+    conf.write_text(f"""\
+pid_file {run}/mosquitto.pid
+persistence false
+log_dest stderr
+user mosquitto
+listener {port} 127.0.0.1
+certfile {combined}
+keyfile {combined}
+allow_anonymous true
+""")
+    daemon = Daemon("mosquitto", port, root, run / "mosquitto.pid", check="true",
+                    reload=f"kill -HUP $(cat {run}/mosquitto.pid)")
+    with _foreground(daemon, ["mosquitto", "-c", str(conf)], root / "mosquitto.log",
+                     root / "mosquitto.log") as running:
         yield running
 
 
