@@ -19,6 +19,7 @@ from configobj import ConfigObj, ConfigObjError
 
 from daemon_keys.atomicfile import open_for_writing, write_file_atomic
 from daemon_keys.errors import ConfigError, SpecError
+from daemon_keys.fs import read_regular
 from daemon_keys.keyspec import KeySpec, parse_spec
 
 RECORD_DIR = "certbot-perms"
@@ -26,6 +27,7 @@ RECORD_DIR_MODE = 0o755
 RECORD_FILE_MODE = 0o644
 OPTIONS = ("key-owner", "key-group", "key-mode")
 _RENEWAL_MARKER = b"perms_key_"
+MAX_RECORD_BYTES = 1 << 16
 
 
 def _clean(value: object) -> str | None:
@@ -56,13 +58,15 @@ def renewal_options(config_dir: str, name: str) -> dict[str, str | None] | None:
 
 def recorded_options(config_dir: str, name: str) -> dict[str, str | None] | None:
     path = os.path.join(config_dir, RECORD_DIR, f"{name}.conf")
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return None
+    hint = "fix it, or rewrite it with certbot-perms apply --key-group ..."
+    _st, data = read_regular(path, limit=MAX_RECORD_BYTES, where=path, error=ConfigError,
+                             hint=hint)
     try:
-        conf = ConfigObj(path, interpolation=False, file_error=True)
-    except (ConfigObjError, OSError) as exc:
-        raise ConfigError(f"{path}: cannot parse: {exc} (fix it, or rewrite it with "
-                         "certbot-perms apply --key-group ...)") from None
+        conf = ConfigObj(data.decode("utf-8").splitlines(), interpolation=False)
+    except (ConfigObjError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc} ({hint})") from None
     unknown = sorted(set(conf) - {o.replace("-", "_") for o in OPTIONS})
     if unknown:
         raise ConfigError(f"{path}: unknown key '{unknown[0]}' (allowed: "
