@@ -372,7 +372,7 @@ def test_a_config_others_can_write_is_refused_before_anything_runs(
 def test_a_spec_record_that_is_not_a_file_is_one_line_saying_so(
         own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (own_site / "le" / "certbot-perms" / "mail.conf").mkdir(parents=True)
-    code, out, err = run(capsys, perms_cli.main, "--config-dir", str(own_site / "le"),
+    code, _out, err = run(capsys, perms_cli.main, "--config-dir", str(own_site / "le"),
                          "apply", "mail")
     assert code == 2 and len(err) == 1
     assert err[0].endswith("certbot-perms/mail.conf: not a regular file (fix it, or rewrite "
