@@ -387,6 +387,9 @@ def _read_trusted(path: str) -> str:
     euid = os.geteuid()
     fix = (f"its check and reload commands run as uid {euid}: make it and every directory "
            "above it root-owned and writable by root only (chown root: FILE; chmod go-w FILE)")
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory; give the config file itself (e.g. "
+                          f"--config {os.path.join(path, 'atomic-deploy.conf')})")
     directory, name = os.path.split(path)
     try:
         dir_fd = open_dir(directory, writer_uid=euid)
