@@ -84,7 +84,9 @@ PRESETS: dict[str, Preset] = {
         {"format": "key+fullchain", "mode": "0600", "check": ["apachectl configtest"],
          "reload": ["apachectl graceful"]}),
     "mosquitto": Preset(
-        "certfile/keyfile are read by the mosquitto user after it drops root",
+        "certfile/keyfile are read by the mosquitto user after it drops root; SIGHUP rereads "
+        "them, but a certificate of another key type (RSA after ECDSA) is added beside the "
+        "old one, which it goes on serving: restart it after a key-type change",
         {"format": "key+fullchain", "group": "mosquitto", "mode": "0640",
          "reader": "mosquitto", "reload": ["systemctl reload mosquitto"]}),
     "slapd": Preset(
