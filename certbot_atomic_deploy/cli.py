@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from certbot_atomic_deploy import metrics
 from certbot_atomic_deploy.config import FileOutput, load, read_password
 from certbot_atomic_deploy.deploy import Deployer
 from certbot_atomic_deploy.report import (
@@ -166,6 +165,7 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     if command == "status":
         rows = deployer.status()
         if args.prometheus:
+            from certbot_atomic_deploy import metrics
             print(metrics.render(rows), end="")
         else:
             print_status(rows, args.json)
@@ -215,6 +215,7 @@ def _write_metrics(deployer: Deployer, result: RunResult) -> None:
     path = deployer.config.metrics_file
     if path is None:
         return
+    from certbot_atomic_deploy import metrics  # only then: off the hook's start-up path
     try:
         metrics.write(path, metrics.render(deployer.status()))
     except (KeysError, OSError) as exc:

@@ -307,6 +307,31 @@ def open_config_dir(config_dir: str) -> int:
                          f"{reason(exc)} (give --config-dir)") from None
 
 
+@contextmanager
+def _lineage_keys(config_dir: str, name: str) -> Iterator[tuple[int, str, str, int, list[str]]]:
+    """The lineage opened once by descriptor: (config dir fd, live/ and archive/ paths
+    relative to it, the archive directory's fd, its privkeyN.pem names in version
+    order). An OSError on the way is one KeysError naming the lineage."""
+    root_fd = open_config_dir(config_dir)
+    try:
+        live_rel = f"live/{name}"
+        with _opened_dir(root_fd, live_rel, config_dir) as live_fd:
+            archive_rel = archive_relpath(live_fd, os.path.join(config_dir, live_rel))
+        with _opened_dir(root_fd, archive_rel, config_dir) as archive_fd:
+            keys = sorted((e for e in os.listdir(archive_fd) if PRIVKEY_NAME.match(e)),
+                          key=lambda e: int(e[7:-4]))
+            if not keys:
+                raise LineageError(f"{os.path.join(config_dir, archive_rel)}: no "
+                                   "privkeyN.pem files; is this a certbot lineage?")
+            yield root_fd, live_rel, archive_rel, archive_fd, keys
+    except OSError as exc:
+        raise KeysError(f"{config_dir}: lineage {name}: "
+                        f"{describe_os_error(exc, exc.filename or 'a key or directory')}"
+                        ) from None
+    finally:
+        os.close(root_fd)
+
+
 def apply_key_permissions(config_dir: str, name: str, spec: KeySpec) -> ApplyReport:
     """Give every key of lineage ``name`` the spec and let its readers reach it.
 
@@ -316,29 +341,12 @@ def apply_key_permissions(config_dir: str, name: str, spec: KeySpec) -> ApplyRep
     never widened), :class:`KeysError` for anything else it cannot do.
     """
     report = ApplyReport(lineage=name, spec=spec)
-    root_fd = open_config_dir(config_dir)
-    try:
-        live_rel = f"live/{name}"
-        live_shown = os.path.join(config_dir, live_rel)
-        with _opened_dir(root_fd, live_rel, config_dir) as live_fd:
-            archive_rel = archive_relpath(live_fd, live_shown)
-        archive_shown = os.path.join(config_dir, archive_rel)
-        with _opened_dir(root_fd, archive_rel, config_dir) as archive_fd:
-            keys = sorted((e for e in os.listdir(archive_fd) if PRIVKEY_NAME.match(e)),
-                          key=lambda e: int(e[7:-4]))
-            if not keys:
-                raise LineageError(f"{archive_shown}: no privkeyN.pem files; "
-                                   "is this a certbot lineage?")
-            for key in keys:
-                apply_to_key(archive_fd, key, spec, os.path.join(archive_shown, key), report)
+    with _lineage_keys(config_dir, name) as (root_fd, live_rel, archive_rel, archive_fd, keys):
+        for key in keys:
+            apply_to_key(archive_fd, key, spec, os.path.join(config_dir, archive_rel, key),
+                         report)
         _grant_path(root_fd, config_dir, [live_rel, archive_rel], spec, report)
         _warn_if_ancestors_keep_out(config_dir, spec, report)
-    except OSError as exc:
-        raise KeysError(f"{config_dir}: lineage {name}: "
-                        f"{describe_os_error(exc, exc.filename or 'a key or directory')}"
-                        ) from None
-    finally:
-        os.close(root_fd)
     return report
 
 
@@ -349,29 +357,15 @@ def hold_previous_key(config_dir: str, name: str) -> ApplyReport:
     never someone else's than the old one. Nothing else changes. Raises like
     :func:`apply_key_permissions`.
     """
-    root_fd = open_config_dir(config_dir)
-    try:
-        live_rel = f"live/{name}"
-        with _opened_dir(root_fd, live_rel, config_dir) as live_fd:
-            archive_rel = archive_relpath(live_fd, os.path.join(config_dir, live_rel))
-        archive_shown = os.path.join(config_dir, archive_rel)
-        with _opened_dir(root_fd, archive_rel, config_dir) as archive_fd:
-            keys = sorted((e for e in os.listdir(archive_fd) if PRIVKEY_NAME.match(e)),
-                          key=lambda e: int(e[7:-4]))
-            if len(keys) < 2:
-                raise LineageError(f"{archive_shown}: no earlier key to take the owner, "
-                                   "group and mode of")
-            st = os.stat(keys[-2], dir_fd=archive_fd, follow_symlinks=False)
-            held = KeySpec(uid=st.st_uid, gid=st.st_gid,
-                           mode=stat.S_IMODE(st.st_mode) & KEY_MODE_GROUP_READ,
-                           owner_name=name_of_uid(st.st_uid), group_name=name_of_gid(st.st_gid))
-            report = ApplyReport(lineage=name, spec=held)
-            apply_to_key(archive_fd, keys[-1], held, os.path.join(archive_shown, keys[-1]),
-                         report)
-    except OSError as exc:
-        raise KeysError(f"{config_dir}: lineage {name}: "
-                        f"{describe_os_error(exc, exc.filename or 'a key or directory')}"
-                        ) from None
-    finally:
-        os.close(root_fd)
+    with _lineage_keys(config_dir, name) as (_root, _live, archive_rel, archive_fd, keys):
+        if len(keys) < 2:
+            raise LineageError(f"{os.path.join(config_dir, archive_rel)}: no earlier key to "
+                               "take the owner, group and mode of")
+        st = os.stat(keys[-2], dir_fd=archive_fd, follow_symlinks=False)
+        held = KeySpec(uid=st.st_uid, gid=st.st_gid,
+                       mode=stat.S_IMODE(st.st_mode) & KEY_MODE_GROUP_READ,
+                       owner_name=name_of_uid(st.st_uid), group_name=name_of_gid(st.st_gid))
+        report = ApplyReport(lineage=name, spec=held)
+        apply_to_key(archive_fd, keys[-1], held, os.path.join(config_dir, archive_rel,
+                                                               keys[-1]), report)
     return report

@@ -30,54 +30,45 @@ def _renewal_conf(certbot: Certbot, name: str) -> str:
 
 @pytest.mark.parametrize("breakage", ["group deleted", "mode hand-edited to 0644"])
 def test_a_renewal_that_cannot_apply_the_spec_fails_loudly_and_keeps_it(
-        certbot: Certbot, breakage: str) -> None:
-    group = f"cdk{secrets.token_hex(4)}"
-    subprocess.run(["groupadd", "--system", group], check=True)
-    try:
-        certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "mail",
-                    "-d", "mail.example.org", "--perms-key-group", group)
-        gid = grp.getgrnam(group).gr_gid
-        assert _keys(certbot, "mail") == [(0, gid, 0o640)]
-        conf = certbot.config_dir / "renewal" / "mail.conf"
-        if breakage == "group deleted":
-            subprocess.run(["groupdel", group], check=True)
-        else:
-            conf.write_text(conf.read_text().replace("perms_key_mode = None",
-                                                      "perms_key_mode = 0644")
-                            if "perms_key_mode = None" in conf.read_text()
-                            else conf.read_text() + "perms_key_mode = 0644\n")
-            assert "perms_key_mode = 0644" in conf.read_text()
-        result = certbot.renew("--force-renewal", check=False)
-        # Loud: certbot's own failure path, a non-zero exit, a line naming the lineage.
-        assert result.returncode != 0, result.stdout
-        said = result.stdout + result.stderr
-        assert "perms: lineage mail: cannot apply its key spec" in said, said
-        assert "all renewals succeeded" not in said
-        # The renewed key is never wider than, nor someone else's than, the old one.
-        assert _keys(certbot, "mail") == [(0, gid, 0o640), (0, gid, 0o640)]
-        # The spec stays recorded: fixing the cause makes the next renewal whole again.
-        assert "installer = perms" in conf.read_text()
-        if breakage == "group deleted":
-            subprocess.run(["groupadd", "--system", "--gid", str(gid), group], check=True)
-        else:
-            conf.write_text(conf.read_text().replace("perms_key_mode = 0644",
-                                                     "perms_key_mode = 0640"))
-        certbot.renew("--force-renewal")
-        assert _keys(certbot, "mail") == [(0, gid, 0o640)] * 3
-        assert_group_reaches_key(certbot, "mail", group)
-    finally:
-        subprocess.run(["groupdel", group], check=False, capture_output=True)
+        certbot: Certbot, group: str, breakage: str) -> None:
+    certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "mail",
+                "-d", "mail.example.org", "--perms-key-group", group)
+    gid = grp.getgrnam(group).gr_gid
+    assert _keys(certbot, "mail") == [(0, gid, 0o640)]
+    conf = certbot.config_dir / "renewal" / "mail.conf"
+    if breakage == "group deleted":
+        subprocess.run(["groupdel", group], check=True)
+    else:
+        conf.write_text(conf.read_text().replace("perms_key_mode = None",
+                                                  "perms_key_mode = 0644")
+                        if "perms_key_mode = None" in conf.read_text()
+                        else conf.read_text() + "perms_key_mode = 0644\n")
+        assert "perms_key_mode = 0644" in conf.read_text()
+    result = certbot.renew("--force-renewal", check=False)
+    # Loud: certbot's own failure path, a non-zero exit, a line naming the lineage.
+    assert result.returncode != 0, result.stdout
+    said = result.stdout + result.stderr
+    assert "perms: lineage mail: cannot apply its key spec" in said, said
+    assert "all renewals succeeded" not in said
+    # The renewed key is never wider than, nor someone else's than, the old one.
+    assert _keys(certbot, "mail") == [(0, gid, 0o640), (0, gid, 0o640)]
+    # The spec stays recorded: fixing the cause makes the next renewal whole again.
+    assert "installer = perms" in conf.read_text()
+    if breakage == "group deleted":
+        subprocess.run(["groupadd", "--system", "--gid", str(gid), group], check=True)
+    else:
+        conf.write_text(conf.read_text().replace("perms_key_mode = 0644",
+                                                 "perms_key_mode = 0640"))
+    certbot.renew("--force-renewal")
+    assert _keys(certbot, "mail") == [(0, gid, 0o640)] * 3
+    assert_group_reaches_key(certbot, "mail", group)
 
 
 def test_a_deleted_group_makes_check_report_the_lineage_and_renew_fail(
-        certbot: Certbot) -> None:
-    group = f"cdk{secrets.token_hex(4)}"
-    subprocess.run(["groupadd", "--system", group], check=True)
-    try:
-        certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "gone",
-                    "-d", "gone.example.org", "--perms-key-group", group)
-    finally:
-        subprocess.run(["groupdel", group], check=True)
+        certbot: Certbot, group: str) -> None:
+    certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "gone",
+                "-d", "gone.example.org", "--perms-key-group", group)
+    subprocess.run(["groupdel", group], check=True)
     # Not due: certbot's daily renew still runs the installer's updater, which fails.
     result = certbot.renew(check=False)
     assert result.returncode != 0
