@@ -64,11 +64,11 @@ PRESETS: dict[str, Preset] = {
          "reload": ["systemctl restart samba-ad-dc"]},
         exact_mode=0o600, root_owned=True),
     "courier": Preset(
-        "TLS_CERTFILE holds key and certificate in one file, read by couriertls as the "
-        "courier user on every connection (so no restart, which would drop sessions); "
-        "Debian ships it courier:courier 0600, and couriertls itself refuses no mode",
-        {"format": "key+fullchain", "owner": "courier", "group": "courier", "mode": "0600",
-         "reader": "courier"}),
+        "TLS_CERTFILE holds key and certificate in one file, read by couriertls on every "
+        "connection, as root before it drops to the courier user (so no restart, which "
+        "would drop sessions); Debian ships it courier:courier 0600, and couriertls itself "
+        "refuses no mode",
+        {"format": "key+fullchain", "owner": "courier", "group": "courier", "mode": "0600"}),
     "haproxy": Preset(
         "crt: one PEM with the certificate chain and the key, read as root at start and reload",
         {"format": "fullchain+key", "mode": "0600",

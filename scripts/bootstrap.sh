@@ -33,6 +33,14 @@ daemons=()
 [ -x /usr/sbin/nginx ] || daemons+=(nginx-light)
 [ -x /usr/sbin/dovecot ] || daemons+=(dovecot-imapd)
 [ -x /usr/sbin/mosquitto ] || daemons+=(mosquitto)
+[ -x /usr/sbin/apache2 ] || daemons+=(apache2)
+[ -x /usr/sbin/slapd ] || daemons+=(slapd)
+[ -x /usr/bin/prosody ] || daemons+=(prosody)
+[ -x /usr/share/tomcat10/bin/catalina.sh ] || daemons+=(tomcat10)
+[ -x /usr/sbin/couriertcpd ] || daemons+=(courier-base)
+# Exim, OpenSMTPD and courier-imap conflict with Postfix (or Dovecot) as packages: they
+# are unpacked below, never installed; what they link against is installed here.
+dpkg -s libidn12 >/dev/null 2>&1 || daemons+=(libidn12)
 if [ ${#missing[@]} -gt 0 ] || [ ${#daemons[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]} ${daemons[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -53,6 +61,25 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#daemons[@]} -gt 0 ]; then
     [ "$status" -eq 0 ] || { echo "apt-get install failed ($status)" >&2; exit "$status"; }
 fi
 export PATH="$PATH:/usr/sbin:/sbin:/usr/bin"
+
+# Daemons whose Debian package conflicts with one installed above: the package's files,
+# from Debian's archive, unpacked (apt-get download, dpkg -x; no maintainer script runs)
+# into a cache the tests find them in (tests/support/daemons.py: UNPACKED). Kept between
+# runs; a package is fetched again when the archive has another version.
+unpacked=/var/cache/certbot-daemon-keys-tests
+for pkg in exim4-daemon-light opensmtpd courier-imap; do
+    version="$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')"
+    [ -n "$version" ] && [ "$version" != "(none)" ] ||
+        { apt-get update -qq && version="$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')"; }
+    stamp="$unpacked/$pkg.version"
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$version" ] && continue
+    echo "unpacking $pkg $version into $unpacked"
+    mkdir -p "$unpacked/debs"
+    chown _apt "$unpacked/debs" 2>/dev/null || true  # apt fetches as _apt where it can
+    (cd "$unpacked/debs" && rm -f "${pkg}"_*.deb && apt-get download -qq "$pkg=$version")
+    dpkg -x "$unpacked/debs/${pkg}_"*.deb "$unpacked/root"
+    printf '%s\n' "$version" >"$stamp"
+done
 
 # An editable install in setuptools' strict mode: a .pth naming a tree of links to
 # the sources, so starting python costs what it costs with a real install (the

@@ -10,22 +10,34 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemons import (
     Daemon,
+    apache,
+    courier,
     dovecot,
+    exim,
     haproxy,
     lineage_serial,
     mosquitto,
     nginx,
+    opensmtpd,
     postfix,
+    prosody,
     seed,
     served_serial,
+    serves,
+    slapd,
+    tomcat,
+    unpacked,
 )
 from tests.support.procs import wait_until
 from tests.support.site import DEPLOY, deploy, mode_of, write_conf
@@ -40,10 +52,58 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(
 
 def _target(certbot: Certbot, daemon: Daemon, where: str) -> None:
     """A target for lineage 'mail' with the daemon's preset; check and reload overridden
-    with the private instance's own (it runs on its own config file)."""
+    with the private instance's own (it runs on its own config file), or none where the
+    preset has none."""
     certbot.config_dir.mkdir(parents=True, exist_ok=True)
+    commands = "".join(f"{key} = {value}\n" for key, value in
+                       (("check", daemon.check), ("reload", daemon.reload)) if value)
     write_conf(certbot.config_dir, f"[{daemon.name}]\npreset = {daemon.name}\nlineage = mail\n"
-                                   f"{where}\ncheck = {daemon.check}\nreload = {daemon.reload}\n")
+                                   f"{where}\n{commands}")
+
+
+def _through_a_renewal(certbot: Certbot, daemon: Daemon, starttls: str | None = None,
+                       *issue: str) -> Path:
+    """Issue with the hook, see the daemon serve it; renew, see it serve the new one."""
+    live = _issue_with_hook(certbot, "mail", *issue)
+    first = lineage_serial(live)
+    _eventually(lambda: serves(daemon.port, first, starttls))
+    certbot.renew("--force-renewal")
+    second = lineage_serial(live)
+    assert second != first
+    _eventually(lambda: serves(daemon.port, second, starttls))
+    return live
+
+
+def _owned(path: Path, owner: str, group: str, mode: int) -> bool:
+    st = path.stat()
+    return (pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name,
+            mode_of(path)) == (owner, group, mode)
+
+
+@contextmanager
+def _system_users(*names: str) -> Iterator[None]:
+    """The daemon users an unpacked package's maintainer scripts would have made: each
+    one missing is created (system user, own group, no login) and removed after."""
+    made = []
+    try:
+        for name in names:
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir",
+                                "/nonexistent", "--shell", "/usr/sbin/nologin", "--user-group",
+                                name], check=True, timeout=30)
+                made.append(name)
+        yield
+    finally:
+        for name in made:
+            subprocess.run(["userdel", name], check=False, timeout=30)
+
+
+def _needs(*paths: str | Path) -> pytest.MarkDecorator:
+    missing = [str(p) for p in paths if not os.access(p, os.X_OK)]
+    return pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} missing: "
+                              "scripts/bootstrap.sh installs or unpacks it")
 
 
 def _issue_with_hook(certbot: Certbot, name: str = "mail", *args: str) -> Path:
@@ -162,6 +222,113 @@ def test_mosquitto_reads_the_key_as_its_user_and_a_key_it_cannot_read_is_rolled_
         assert lineage_serial(live) != second  # certbot renewed, the target went back:
         assert combined.stat().st_gid == grp.getgrnam("mosquitto").gr_gid
         assert served_serial(daemon.port) == second  # and the broker was not reloaded
+
+
+@_needs("/usr/sbin/apache2")
+def test_apache_serves_the_key_in_its_certificate_file_through_a_renewal(
+        certbot: Certbot, open_tmp: Path) -> None:
+    tls = _dir(open_tmp / "apache-tls")
+    seed(tls / "mail.pem")
+    with apache(open_tmp / "apache", f"{tls}/mail.pem") as daemon:
+        _target(certbot, daemon, f"path = {tls}/mail.pem")
+        _through_a_renewal(certbot, daemon)
+        assert _owned(tls / "mail.pem", "root", "root", 0o600)
+
+
+@_needs("/usr/sbin/slapd")
+def test_slapd_reads_the_key_as_openldap_through_a_renewal(certbot: Certbot,
+                                                           open_tmp: Path) -> None:
+    tls = _dir(open_tmp / "slapd-tls")
+    seed(tls / "ldap.pem", group="openldap", mode=0o640)
+    with slapd(open_tmp / "slapd", f"{tls}/ldap.pem") as daemon:
+        _target(certbot, daemon, f"path = {tls}/ldap.pem")
+        _through_a_renewal(certbot, daemon, "ldap")
+        assert _owned(tls / "ldap.pem", "root", "openldap", 0o640)
+
+
+@_needs("/usr/bin/prosody")
+def test_prosody_reads_the_key_as_prosody_through_a_renewal(certbot: Certbot,
+                                                            open_tmp: Path) -> None:
+    tls = _dir(open_tmp / "prosody-tls")
+    seed(tls / "xmpp.pem", group="prosody", mode=0o640)
+    with prosody(open_tmp / "prosody", f"{tls}/xmpp.pem") as daemon:
+        _target(certbot, daemon, f"path = {tls}/xmpp.pem")
+        _through_a_renewal(certbot, daemon, "xmpp")
+        assert _owned(tls / "xmpp.pem", "root", "prosody", 0o640)
+
+
+@_needs("/usr/share/tomcat10/bin/catalina.sh", "/usr/bin/java")
+def test_tomcat_reads_the_keystore_as_tomcat_through_a_renewal(certbot: Certbot,
+                                                               open_tmp: Path) -> None:
+    tls = _dir(open_tmp / "tomcat-tls")
+    keystore = tls / "mail.p12"
+    seed(keystore, group="tomcat", mode=0o640)
+    password = certbot.config_dir / "tomcat.pass"
+    certbot.config_dir.mkdir(parents=True, exist_ok=True)
+    password.write_text("changeit\n")
+    password.chmod(0o600)
+    with tomcat(open_tmp / "tomcat", str(keystore), "changeit") as daemon:
+        _target(certbot, daemon, f"path = {keystore}\npassword_file = {password}")
+        _through_a_renewal(certbot, daemon)
+        assert _owned(keystore, "root", "tomcat", 0o640)
+
+
+@_needs(unpacked("/usr/sbin/exim4"))
+def test_exim_reads_the_key_as_debian_exim_through_a_renewal(certbot: Certbot,
+                                                             open_tmp: Path) -> None:
+    with _system_users("Debian-exim"):
+        tls = _dir(open_tmp / "exim-tls")
+        seed(tls / "mail.pem", group="Debian-exim", mode=0o640)
+        with exim(open_tmp / "exim", f"{tls}/mail.pem") as daemon:
+            _target(certbot, daemon, f"path = {tls}/mail.pem")
+            _through_a_renewal(certbot, daemon, "smtp")
+            assert _owned(tls / "mail.pem", "root", "Debian-exim", 0o640)
+
+
+@_needs(unpacked("/usr/sbin/smtpd"), "/usr/bin/unshare")
+def test_opensmtpd_through_a_renewal_and_it_refuses_the_owner_its_preset_refuses(
+        certbot: Certbot, open_tmp: Path) -> None:
+    """smtpd loads the key as root and will not start on one another user owns: the
+    preset's rule is smtpd's own, refused by check-config before anything runs."""
+    with _system_users("opensmtpd", "opensmtpq"):
+        tls = _dir(open_tmp / "opensmtpd-tls")
+        key = tls / "mail.pem"
+        seed(key)
+        with opensmtpd(open_tmp / "opensmtpd", str(key)) as daemon:
+            _target(certbot, daemon, f"path = {key}")
+            _through_a_renewal(certbot, daemon, "smtp")
+            assert _owned(key, "root", "root", 0o600)
+
+            conf = certbot.config_dir / "atomic-deploy.conf"
+            conf.write_text(conf.read_text() + "owner = opensmtpd\n")
+            refused = deploy(certbot.config_dir, "check-config")
+            assert refused.returncode == 2
+            assert "[opensmtpd] owner: opensmtpd refuses a key file not owned by root" \
+                in refused.stderr
+
+            shutil.chown(key, "opensmtpd")  # what the preset refuses, by hand: so does smtpd
+            log = daemon.root / "log"
+            subprocess.run([daemon.reload], check=True, timeout=60)
+            _eventually(lambda: "not owned by uid 0" in log.read_text(errors="replace"))
+            assert not serves(daemon.port, lineage_serial(certbot.live("mail")), "smtp")
+
+
+@_needs("/usr/sbin/couriertcpd", unpacked("/usr/lib/courier/courier/imaplogin"))
+def test_courier_reads_the_file_on_each_connection_so_a_renewal_needs_no_reload(
+        certbot: Certbot, open_tmp: Path) -> None:
+    tls = _dir(open_tmp / "courier-tls")
+    seed(tls / "imapd.pem", owner="courier", group="courier")
+    with courier(open_tmp / "courier", f"{tls}/imapd.pem") as daemon:
+        _target(certbot, daemon, f"path = {tls}/imapd.pem")
+        first_pid = daemon.pid()
+        _through_a_renewal(certbot, daemon)
+        assert daemon.pid() == first_pid  # nothing restarted it
+        assert _owned(tls / "imapd.pem", "courier", "courier", 0o600)
+
+
+def _dir(path: Path) -> Path:
+    path.mkdir(mode=0o755)
+    return path
 
 
 def _eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:

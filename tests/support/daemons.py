@@ -8,6 +8,7 @@ daemon for its certificate with a real TLS client (``openssl s_client``).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -251,12 +252,287 @@ allow_anonymous true
         yield running
 
 
+UNPACKED = Path("/var/cache/certbot-daemon-keys-tests/root")  # scripts/bootstrap.sh
+
+
+def unpacked(path: str) -> Path:
+    """A file of a package scripts/bootstrap.sh unpacked (not installed: it conflicts)."""
+    return UNPACKED / path.lstrip("/")
+
+
+@contextmanager
+def _restartable(daemon: Daemon, start: str) -> Iterator[Daemon]:
+    """A daemon its preset restarts. ``start`` (shell) starts it in the background,
+    leaving its PID in ``daemon.pid_file``; ``daemon.reload`` becomes ROOT/restart, which
+    stops that PID, waits until it is gone and starts it again, as ``systemctl restart``
+    does. The instance running at the end, whichever start made it, is stopped by PID."""
+    root = daemon.root
+    (root / "start").write_text(f"#!/bin/sh\n{start}\n")
+    (root / "restart").write_text(f"""#!/bin/sh
+pid=$(cat {daemon.pid_file}) || exit 1
+kill "$pid" || exit 1
+while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+exec {root}/start
+""")
+    for script in ("start", "restart"):
+        (root / script).chmod(0o755)
+    daemon.reload = f"{root}/restart"
+    subprocess.run([f"{root}/start"], check=True, timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        _wait_port(daemon.port, daemon.name, root / "log")
+        yield daemon
+    finally:
+        if daemon.pid_file.exists():
+            stop_pid(daemon.pid())
+
+
+@contextmanager
+def apache(root: Path, combined: str) -> Iterator[Daemon]:
+    """A private Apache (event MPM, foreground) with one SSLCertificateFile holding the key
+    too; the root parent reads it, ``-k graceful`` makes it read it again."""
+    root = _dir(root)
+    port = free_port()
+    conf = root / "httpd.conf"
+    modules = "/usr/lib/apache2/modules"
+    conf.write_text(f"""\
+ServerRoot {root}
+ServerName mail.example.org
+PidFile {root}/apache.pid
+ErrorLog {root}/log
+DefaultRuntimeDir {root}
+Mutex file:{root} default
+LoadModule mpm_event_module {modules}/mod_mpm_event.so
+LoadModule socache_shmcb_module {modules}/mod_socache_shmcb.so
+LoadModule ssl_module {modules}/mod_ssl.so
+LoadModule authz_core_module {modules}/mod_authz_core.so
+User www-data
+Group www-data
+Listen 127.0.0.1:{port} https
+DocumentRoot {root}
+<VirtualHost 127.0.0.1:{port}>
+    SSLEngine on
+    SSLCertificateFile {combined}
+</VirtualHost>
+""")
+    daemon = Daemon("apache", port, root, root / "apache.pid", check=f"apache2 -t -f {conf}",
+                    reload=f"apache2 -f {conf} -k graceful")
+    with _foreground(daemon, ["apache2", "-f", str(conf), "-DFOREGROUND"], root / "stdout.log",
+                     root / "log") as running:
+        yield running
+
+
+@contextmanager
+def slapd(root: Path, combined: str) -> Iterator[Daemon]:
+    """A private slapd (no database: TLS is what is tested) offering STARTTLS with one
+    key+fullchain file, dropping to the openldap user as Debian's does; restarted."""
+    import pwd
+
+    root = _dir(root)
+    port = free_port()
+    run = _dir(root / "run")
+    entry = pwd.getpwnam("openldap")
+    os.chown(run, entry.pw_uid, entry.pw_gid)  # its pid file is written as that user
+    conf = root / "slapd.conf"
+    conf.write_text(f"""\
+pidfile {run}/slapd.pid
+TLSCertificateFile {combined}
+TLSCertificateKeyFile {combined}
+""")
+    daemon = Daemon("slapd", port, root, run / "slapd.pid", check=f"slaptest -u -Q -f {conf}",
+                    reload="")
+    with _restartable(daemon, f"exec slapd -f {conf} -h ldap://127.0.0.1:{port}/ -u openldap "
+                              f"-g openldap >>{root}/log 2>&1") as running:
+        yield running
+
+
+@contextmanager
+def prosody(root: Path, combined: str) -> Iterator[Daemon]:
+    """A private Prosody (client STARTTLS only), run as the prosody user as Debian's unit
+    runs it; SIGHUP makes it load its certificates again."""
+    import pwd
+
+    root = _dir(root)
+    port = free_port()
+    data = _dir(root / "data")
+    entry = pwd.getpwnam("prosody")
+    os.chown(data, entry.pw_uid, entry.pw_gid)
+    conf = root / "prosody.cfg.lua"
+    conf.write_text(f"""\
+pidfile = "{data}/prosody.pid"
+data_path = "{data}"
+log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{data}/prosody.log" }} }}
+modules_enabled = {{ "tls" }}
+modules_disabled = {{ "s2s" }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {port} }}
+c2s_direct_tls_ports = {{ }}
+s2s_ports = {{ }}
+s2s_direct_tls_ports = {{ }}
+component_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+VirtualHost "mail.example.org"
+    ssl = {{ certificate = "{combined}", key = "{combined}" }}
+""")
+    daemon = Daemon("prosody", port, root, data / "prosody.pid",
+                    check=f"prosodyctl --config {conf} check config > /dev/null",
+                    reload=f"kill -HUP $(cat {data}/prosody.pid)")
+    command = ["setpriv", "--reuid=prosody", "--regid=prosody", "--init-groups",
+               "prosody", "-F", "--config", str(conf)]
+    with _foreground(daemon, command, root / "stdout.log", data / "prosody.log") as running:
+        yield running
+
+
+@contextmanager
+def tomcat(root: Path, keystore: str, password: str) -> Iterator[Daemon]:
+    """A private Tomcat (its own CATALINA_BASE, run as the tomcat user as Debian's unit
+    runs it) with one HTTPS connector on a PKCS#12 keystore; restarted."""
+    import pwd
+
+    root = _dir(root)
+    port = free_port()
+    entry = pwd.getpwnam("tomcat")
+    for name in ("logs", "temp", "webapps", "work"):
+        os.chown(_dir(root / name), entry.pw_uid, entry.pw_gid)
+    _dir(root / "conf")
+    (root / "conf" / "server.xml").write_text(f"""\
+<?xml version="1.0" encoding="UTF-8"?>
+<Server port="-1" shutdown="SHUTDOWN">
+  <Service name="Catalina">
+    <Connector port="{port}" address="127.0.0.1" SSLEnabled="true" scheme="https" secure="true"
+               protocol="org.apache.coyote.http11.Http11NioProtocol">
+      <SSLHostConfig>
+        <Certificate certificateKeystoreFile="{keystore}" certificateKeystoreType="PKCS12"
+                     certificateKeystorePassword="{password}" certificateKeyAlias="mail"/>
+      </SSLHostConfig>
+    </Connector>
+    <Engine name="Catalina" defaultHost="localhost">
+      <Host name="localhost" appBase="webapps" unpackWARs="false" autoDeploy="false"/>
+    </Engine>
+  </Service>
+</Server>
+""")
+    pid_file = root / "temp" / "tomcat.pid"
+    daemon = Daemon("tomcat", port, root, pid_file, check="", reload="")
+    home = "/usr/share/tomcat10"
+    with _restartable(daemon, f"exec setpriv --reuid=tomcat --regid=tomcat --init-groups env -i "
+                              f"PATH=/usr/bin:/bin CATALINA_HOME={home} CATALINA_BASE={root} "
+                              f"CATALINA_PID={pid_file} CATALINA_TMPDIR={root}/temp "
+                              f"{home}/bin/catalina.sh start >>{root}/log 2>&1") as running:
+        yield running
+
+
+@contextmanager
+def exim(root: Path, combined: str) -> Iterator[Daemon]:
+    """A private Exim 4 (Debian's exim4-daemon-light, unpacked) offering STARTTLS with one
+    key+fullchain file. Given -C, Exim runs as Debian-exim throughout (the user whose
+    processes read the key in the packaged daemon). Restarted: a SIGHUP re-executes
+    /usr/sbin/exim4, which an unpacked package does not have."""
+    import pwd
+
+    root = _dir(root)
+    port = free_port()
+    spool = _dir(root / "spool")
+    entry = pwd.getpwnam("Debian-exim")
+    os.chown(spool, entry.pw_uid, entry.pw_gid)
+    conf = root / "exim.conf"
+    conf.write_text(f"""\
+spool_directory = {spool}
+log_file_path = {spool}/%slog
+pid_file_path = {spool}/exim.pid
+keep_environment =
+primary_hostname = mail.example.org
+daemon_smtp_ports = {port}
+local_interfaces = 127.0.0.1
+tls_advertise_hosts = *
+tls_certificate = {combined}
+""")
+    binary = unpacked("/usr/sbin/exim4")
+    daemon = Daemon("exim", port, root, spool / "exim.pid",
+                    check=f"{binary} -C {conf} -bV > /dev/null", reload="")
+    with _restartable(daemon, f"exec {binary} -C {conf} -bd >>{root}/log 2>&1") as running:
+        yield running
+
+
+@contextmanager
+def opensmtpd(root: Path, combined: str) -> Iterator[Daemon]:
+    """A private OpenSMTPD (Debian's package, unpacked) offering STARTTLS with one
+    key+fullchain file, loaded by its root parent; restarted. Its spool, chroot and
+    control socket paths are compiled in: it runs in a mount namespace the test makes,
+    with empty tmpfs over /var/spool, /var/lib and /run."""
+    root = _dir(root)
+    port = free_port()
+    conf = root / "smtpd.conf"
+    conf.write_text(f"""\
+pki mail.example.org cert "{combined}"
+pki mail.example.org key "{combined}"
+listen on 127.0.0.1 port {port} tls pki mail.example.org
+action "local" mbox
+match from any for domain "example.org" action "local"
+""")
+    binary = unpacked("/usr/sbin/smtpd")
+    pid_file = root / "smtpd.pid"
+    inside = root / "namespaced"
+    inside.write_text(f"""#!/bin/sh
+set -e
+for d in /var/spool /var/lib /run; do mount -t tmpfs -o mode=755 tmpfs "$d"; done
+mkdir -p /var/lib/opensmtpd/empty
+mkdir -m 711 /var/spool/smtpd
+echo $$ > {pid_file}
+exec {binary} -d -f {conf}
+""")
+    inside.chmod(0o755)
+    daemon = Daemon("opensmtpd", port, root, pid_file, check=f"{binary} -n -f {conf}",
+                    reload="")
+    with _restartable(daemon, f"setsid -f unshare --mount --propagation private {inside} "
+                              f">>{root}/log 2>&1 </dev/null") as running:
+        yield running
+
+
+@contextmanager
+def courier(root: Path, combined: str) -> Iterator[Daemon]:
+    """A private Courier imapd-ssl (courier-imap unpacked, over courier-base's couriertcpd
+    and couriertls) as Debian's init script starts it: couriertls reads TLS_CERTFILE on
+    each connection, so there is nothing to reload."""
+    root = _dir(root)
+    port = free_port()
+    pid_file = root / "couriertcpd.pid"
+    daemon = Daemon("courier", port, root, pid_file, check="", reload="")
+    env = {"PATH": "/usr/bin:/bin", "TLS_CERTFILE": combined, "TLS_VERIFYPEER": "NONE",
+           "IMAP_TLS": "1"}
+    command = ["/usr/sbin/couriertcpd", "-address=127.0.0.1", "-nodnslookup",
+               "-noidentlookup", f"-pid={pid_file}", str(port), "/usr/bin/couriertls",
+               "-server", "-tcpd", "-user=courier",
+               str(unpacked("/usr/lib/courier/courier/imaplogin")),
+               str(unpacked("/usr/bin/imapd")), "Maildir"]
+    with open(root / "log", "wb") as out:
+        subprocess.run(command, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                       check=True, timeout=30)  # it forks and leaves its PID in pid_file
+    try:
+        _wait_port(port, "courier", root / "log")
+        yield daemon
+    finally:
+        if pid_file.exists():
+            stop_pid(daemon.pid())
+
+
+def serves(port: int, serial: int, starttls: str | None = None) -> bool:
+    """Whether the daemon answers on ``port`` with the certificate ``serial`` (False while
+    it is not answering, as during a restart)."""
+    try:
+        return served_serial(port, starttls, attempts=1) == serial
+    except AssertionError:
+        return False
+
+
 def served_serial(port: int, starttls: str | None = None, attempts: int = 3) -> int:
     """The serial of the certificate the daemon serves, via ``openssl s_client``."""
     cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
            "-servername", "mail.example.org"]
     if starttls:
         cmd += ["-starttls", starttls]
+    if starttls == "xmpp":
+        cmd += ["-xmpphost", "mail.example.org"]
     last = ""
     for _ in range(attempts):
         hello = subprocess.run(cmd, input=b"", capture_output=True, timeout=30)
@@ -274,17 +550,27 @@ def lineage_serial(live: Path) -> int:
     return int(x509.load_pem_x509_certificate((live / "cert.pem").read_bytes()).serial_number)
 
 
-def seed(path: Path, order: str = "key-first") -> None:
+def seed(path: Path, order: str = "key-first", owner: str = "root", group: str = "root",
+         mode: int = 0o600) -> None:
     """A throwaway certificate where a daemon expects one, as a running server already has.
 
-    ``path`` is a file (key then chain, or chain then key with order='key-last'),
-    or, for a versioned directory, the directory: v0/ with every file and current -> v0.
+    ``path`` is a file (key then chain, or chain then key with order='key-last'; a
+    PKCS#12 keystore, password 'changeit', alias 'mail', for a .p12), with that owner,
+    group and mode; or, for a versioned directory, the directory: v0/ with every file
+    and current -> v0.
     """
     pair = make_pair(["mail.example.org"])
-    if path.suffix == ".pem":
-        path.write_bytes(pair.key + pair.fullchain if order == "key-first"
-                         else pair.fullchain + pair.key)
-        path.chmod(0o600)
+    if path.suffix in (".pem", ".p12"):
+        if path.suffix == ".p12":
+            subprocess.run(["openssl", "pkcs12", "-export", "-name", "mail",
+                            "-passout", "pass:changeit", "-out", str(path)],
+                           input=pair.key + pair.fullchain, check=True,
+                           capture_output=True, timeout=30)
+        else:
+            path.write_bytes(pair.key + pair.fullchain if order == "key-first"
+                             else pair.fullchain + pair.key)
+        shutil.chown(path, owner, group)
+        path.chmod(mode)
         return
     v0 = _dir(path / "v0")
     for name, data in (("privkey.pem", pair.key), ("cert.pem", pair.cert),
