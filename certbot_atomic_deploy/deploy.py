@@ -22,7 +22,10 @@ marked ``# (N)`` in the body):
 6. check: open the key as the target's ``reader``, then run its ``check``
    commands; a check an earlier run left pending is run here too;
 7. roll back: a target whose check fails is put back as it was, record
-   included, its reload left out; then the state is written again;
+   included, its reload left out, and with it every target this run published
+   that shares a reload command with it (the same daemon: a key file and a
+   certificate file must not be switched by halves); then the state is written
+   again;
 8. reload: every distinct ``reload`` command of every target whose reload is
    pending (this run's, and any an earlier run could not finish), once,
    unless the run defers them to ``reload-pending``; a target's reload stops
@@ -169,12 +172,22 @@ class Deployer:
         self._note_results(result)
         if any(_pending_after_publish(p.target) for p in published):
             self._flush(result)  # a check or reload a crash cuts short runs next time
+        passed: list[Published] = []
+        failed_checks: list[tuple[Published, CommandRun]] = []
         for p in published:
             failed = self._run_checks(p.target, p.record, result)  # (6)
             if failed is None:
-                self._passed(p.target)
+                passed.append(p)
             else:
                 self._undo(p, failed)  # (7)
+                failed_checks.append((p, failed))
+        for p in passed:
+            partner = _sharing_a_reload(p, failed_checks)
+            if partner is None:
+                self._passed(p.target)
+            else:  # (7) the same daemon: it must not reload onto half a switch
+                other, command, failed = partner
+                self._undo(p, failed, f"[{other.target.name}] (same reload '{command}')")
         self._resume_checks({p.target.name for p in published}, result)  # (6), (7)
         self._note_results(result)
         self._flush(result)
@@ -251,8 +264,7 @@ class Deployer:
                 continue
             current = state.current
             env = self._env(target, current.lineage, current.names)
-            waiting[target.name] = [expand(t, target.destination, current.lineage,
-                                           current.names) for t in target.reload]
+            waiting[target.name] = _reloads(target, current.lineage, current.names)
             for command in waiting[target.name]:
                 commands.setdefault(command, env)
         if not waiting:
@@ -426,20 +438,22 @@ class Deployer:
                 return run
         return None
 
-    def _undo(self, p: Published, failed: CommandRun) -> None:
-        """(7) Put a target whose check failed back as it was, and its record with it."""
+    def _undo(self, p: Published, failed: CommandRun, shared: str = "") -> None:
+        """(7) Put a target whose check failed back as it was, and its record with it;
+        or, ``shared`` saying why, one whose check passed but whose daemon another
+        target's failed check is for."""
+        why = (f"check '{failed.command}' failed ({failed.detail})" if not shared else
+               f"put back with {shared}, whose check '{failed.command}' failed")
         try:
             p.undo.action()
         except (KeysError, OSError) as exc:
             p.outcome.status = "failed"
-            p.outcome.detail = (f"check '{failed.command}' failed ({failed.detail}) and the "
-                                f"rollback failed too: {_why(exc, p.target.destination)}; "
-                                "its check stays pending")
+            p.outcome.detail = (f"{why} and the rollback failed too: "
+                                f"{_why(exc, p.target.destination)}; its check stays pending")
             return
         self.state.put(p.target.name, p.before)
         p.outcome.status = "rolled-back"
-        p.outcome.detail = (f"check '{failed.command}' failed ({failed.detail}); "
-                            f"{p.undo.description}; reload skipped")
+        p.outcome.detail = f"{why}; {p.undo.description}; reload skipped"
 
     # -- rollback command
 
@@ -548,6 +562,24 @@ def _commands(target: Target) -> str:
                                                ("reload", target.reload))
         for c in commands]
     return f", then {', '.join(said)}" if said else ""
+
+
+def _reloads(target: Target, lineage: str, names: list[str]) -> list[str]:
+    """The target's reload commands as they run (placeholders filled in)."""
+    return [expand(t, target.destination, lineage, names) for t in target.reload]
+
+
+def _sharing_a_reload(p: Published, failed: list[tuple[Published, CommandRun]]
+                      ) -> tuple[Published, str, CommandRun] | None:
+    """A target this run published whose check failed and which reloads the same daemon
+    as ``p`` (a reload command in common), with that command and the failed check."""
+    mine = _reloads(p.target, p.lineage, p.record.names)
+    for other, run in failed:
+        shared = [c for c in _reloads(other.target, other.lineage, other.record.names)
+                  if c in mine]
+        if shared:
+            return other, shared[0], run
+    return None
 
 
 def _pending_after_publish(target: Target) -> str | None:

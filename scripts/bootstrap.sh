@@ -38,6 +38,7 @@ daemons=()
 [ -x /usr/bin/prosody ] || daemons+=(prosody)
 [ -x /usr/share/tomcat10/bin/catalina.sh ] || daemons+=(tomcat10)
 [ -x /usr/sbin/couriertcpd ] || daemons+=(courier-base)
+dpkg -s samba-ad-dc samba-ad-provision >/dev/null 2>&1 || daemons+=(samba-ad-dc samba-ad-provision)
 # Exim, OpenSMTPD and courier-imap conflict with Postfix (or Dovecot) as packages: they
 # are unpacked below, never installed; what they link against is installed here.
 dpkg -s libidn12 >/dev/null 2>&1 || daemons+=(libidn12)

@@ -32,6 +32,7 @@ from tests.support.daemons import (
     opensmtpd,
     postfix,
     prosody,
+    samba,
     seed,
     served_serial,
     serves,
@@ -311,6 +312,37 @@ def test_opensmtpd_through_a_renewal_and_it_refuses_the_owner_its_preset_refuses
             subprocess.run([daemon.reload], check=True, timeout=60)
             _eventually(lambda: "not owned by uid 0" in log.read_text(errors="replace"))
             assert not serves(daemon.port, lineage_serial(certbot.live("mail")), "smtp")
+
+
+@_needs("/usr/sbin/samba", "/usr/bin/samba-tool")
+def test_samba_ad_dc_restarted_through_a_renewal_and_it_refuses_the_mode_its_preset_refuses(
+        certbot: Certbot, open_tmp: Path) -> None:
+    """The samba preset writes the key file (exactly 0600, root's); a second target
+    writes the certificate file; both name the restart. The AD DC's
+    LDAP server refuses a key of any other mode, and check-config refuses it first."""
+    tls = _dir(open_tmp / "samba-tls")
+    key, cert = tls / "key.pem", tls / "cert.pem"
+    seed(key)  # key and chain in one file: the seed's key file is its certificate file too
+    shutil.copy(key, cert)
+    with samba(open_tmp / "samba", str(key), str(cert)) as daemon:
+        _target(certbot, daemon, f"path = {key}")
+        conf = certbot.config_dir / "atomic-deploy.conf"
+        conf.write_text(conf.read_text() + f"[samba-cert]\nlineage = mail\npath = {cert}\n"
+                                           f"format = fullchain\nreload = {daemon.reload}\n")
+        _through_a_renewal(certbot, daemon)
+        assert _owned(key, "root", "root", 0o600)
+        assert _owned(cert, "root", "root", 0o644)
+
+        conf.write_text(conf.read_text().replace("[samba-cert]", "mode = 0640\n[samba-cert]"))
+        refused = deploy(certbot.config_dir, "check-config")
+        assert refused.returncode == 2
+        assert "[samba] mode: 0640: samba refuses any key mode but 0600" in refused.stderr
+
+        key.chmod(0o640)  # what the preset refuses, by hand: so does the AD DC
+        subprocess.run([daemon.reload], check=True, timeout=60)
+        log = daemon.root / "log"
+        _eventually(lambda: "should be 0600" in log.read_text(errors="replace"))
+        assert not serves(daemon.port, lineage_serial(certbot.live("mail")))
 
 
 @_needs("/usr/sbin/couriertcpd", unpacked("/usr/lib/courier/courier/imaplogin"))

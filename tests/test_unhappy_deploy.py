@@ -202,6 +202,50 @@ def test_a_failed_reload_stays_pending_and_the_next_run_retries_it(site: Path) -
     assert log.read_text() == "run\n"  # nothing pending: no reload
 
 
+def test_a_failed_check_rolls_back_every_file_of_that_daemon_not_half(site: Path) -> None:
+    """A daemon fed by a key file and a certificate file (Samba's tls keyfile/certfile):
+    the key's check fails, so the certificate goes back too (they share a reload) and
+    the daemon never reloads onto a key of one version and a certificate of another.
+    A target with another reload is not dragged along."""
+    log, broken, out = site / "reloads.log", site / "broken", site / "out"
+    reload = f"echo dc >> {log}"
+    write_conf(site / "le", f"""\
+[key]
+lineage = mail
+path = {out}/key.pem
+format = key
+check = test ! -e {broken}
+reload = {reload}
+
+[cert]
+lineage = mail
+path = {out}/cert.pem
+format = fullchain
+reload = {reload}
+
+[web]
+lineage = mail
+path = {out}/web.pem
+format = fullchain
+reload = echo web >> {log}
+""")
+    first = deploy(site / "le", "deploy", "--all")
+    assert first.returncode == 0, first.stderr
+    assert log.read_text() == "dc\nweb\n"
+    before = {name: (out / name).read_bytes() for name in ("key.pem", "cert.pem")}
+    new_version(site)
+    broken.touch()
+    second = deploy(site / "le", "deploy", "--all")
+    assert second.returncode == 1
+    assert f"[cert] put back with [key] (same reload '{reload}'), whose check " \
+           f"'test ! -e {broken}' failed" in second.stderr, second.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert log.read_text() == "dc\nweb\nweb\n"  # the web target moved on and reloaded
+    assert (out / "web.pem").read_bytes() == lineage_bytes(site / "le", "mail")["fullchain"]
+    statuses = {t["target"]: t for t in json.loads(deploy(site / "le", "status", "--json").stdout)}
+    assert "rolled-back" in str(statuses["cert"]) and "rolled-back" in str(statuses["key"])
+
+
 def test_a_check_cut_short_by_ctrl_c_runs_again_and_rolls_back_if_it_fails(
         site: Path) -> None:
     log, pid_file = site / "reloads.log", site / "check.pid"

@@ -516,6 +516,39 @@ def courier(root: Path, combined: str) -> Iterator[Daemon]:
             stop_pid(daemon.pid())
 
 
+LDAPS = 636
+
+
+@contextmanager
+def samba(root: Path, key: str, cert: str) -> Iterator[Daemon]:
+    """A private Samba AD DC (provisioned into ``root``, only its LDAP server running, on
+    127.0.0.1's fixed LDAP ports) with ``tls keyfile`` and ``tls certfile``; restarted,
+    as its LDAP server loads TLS only when it starts."""
+    root = _dir(root)
+    if _listening(LDAPS) or _listening(389):
+        raise RuntimeError("something on this machine already listens on port 389 or 636")
+    options = {"interfaces": "127.0.0.1", "bind interfaces only": "yes",
+               "server services": "ldap", "log file": f"{root}/log",
+               "pid directory": f"{root}/run", "tls enabled": "yes", "tls keyfile": key,
+               "tls certfile": cert, "tls cafile": ""}
+    _dir(root / "run")
+    provision = subprocess.run(
+        ["samba-tool", "domain", "provision", f"--targetdir={root}/dc",
+         "--realm=EXAMPLE.ORG", "--domain=EXAMPLE", "--server-role=dc",
+         "--dns-backend=NONE", "--host-name=dc1", "--host-ip=127.0.0.1",
+         "--adminpass=Adm1n-Passw0rd-for-a-test",
+         *(f"--option={name} = {value}" for name, value in options.items())],
+        capture_output=True, text=True, timeout=300)
+    if provision.returncode != 0:
+        raise RuntimeError(f"samba-tool domain provision failed: {provision.stderr[-1500:]}")
+    conf = root / "dc" / "etc" / "smb.conf"
+    _dir(root / "dc" / "cache")  # testparm fails until it exists
+    daemon = Daemon("samba", LDAPS, root, root / "run" / "samba.pid",
+                    check=f"testparm -s {conf} > /dev/null 2>&1", reload="")
+    with _restartable(daemon, f"exec samba -s {conf} >>{root}/log 2>&1") as running:
+        yield running
+
+
 def serves(port: int, serial: int, starttls: str | None = None) -> bool:
     """Whether the daemon answers on ``port`` with the certificate ``serial`` (False while
     it is not answering, as during a restart)."""
