@@ -39,9 +39,9 @@ daemons=()
 [ -x /usr/share/tomcat10/bin/catalina.sh ] || daemons+=(tomcat10)
 [ -x /usr/sbin/couriertcpd ] || daemons+=(courier-base)
 dpkg -s samba-ad-dc samba-ad-provision >/dev/null 2>&1 || daemons+=(samba-ad-dc samba-ad-provision)
-# Exim, OpenSMTPD and courier-imap conflict with Postfix (or Dovecot) as packages: they
+# Exim, OpenSMTPD, sendmail and courier-imap conflict with Postfix (or Dovecot): they
 # are unpacked below, never installed; what they link against is installed here.
-dpkg -s libidn12 >/dev/null 2>&1 || daemons+=(libidn12)
+dpkg -s libidn12 liblockfile1 m4 >/dev/null 2>&1 || daemons+=(libidn12 liblockfile1 m4)
 if [ ${#missing[@]} -gt 0 ] || [ ${#daemons[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]} ${daemons[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -68,7 +68,7 @@ export PATH="$PATH:/usr/sbin:/sbin:/usr/bin"
 # into a cache the tests find them in (tests/support/daemons.py: UNPACKED). Kept between
 # runs; a package is fetched again when the archive has another version.
 unpacked=/var/cache/certbot-daemon-keys-tests
-for pkg in exim4-daemon-light opensmtpd courier-imap; do
+for pkg in exim4-daemon-light opensmtpd courier-imap sendmail-bin sendmail-base sendmail-cf; do
     version="$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')"
     [ -n "$version" ] && [ "$version" != "(none)" ] ||
         { apt-get update -qq && version="$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')"; }

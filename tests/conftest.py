@@ -79,6 +79,17 @@ def open_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A temp dir below no world-writable directory (/run, not /tmp), as sendmail wants."""
+    path = Path(tempfile.mkdtemp(prefix="cdk-test-", dir="/run"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def site(open_tmp: Path) -> Path:
     """A hand-made certbot config dir SITE/le with lineage 'mail' (v1), and SITE/out, in a
     temp dir other uids can traverse."""

@@ -1,10 +1,16 @@
-"""Real servers serve what we publish: Postfix, HAProxy, nginx and Dovecot through renewals.
+"""Real servers serve what we publish, through renewals: one private instance of each
+daemon with a preset (Postfix, HAProxy, nginx, Dovecot, Mosquitto, Apache, slapd, Prosody,
+Tomcat, Exim, OpenSMTPD, sendmail, Samba AD DC, Courier), from Debian's packages.
 
 For each: issue through certbot and pebble, deploy with the daemon's preset,
 connect with ``openssl s_client`` and compare the served serial with the
 lineage's; renew (certbot runs our deploy hook, which runs the check and the
-reload) and compare again. A broken nginx config shows the rollback: the
-check fails, the target goes back, nginx keeps serving the previous certificate.
+reload) and compare again. Where a preset carries a daemon's refusal (OpenSMTPD's
+owner, Samba's exact mode, sendmail's group-readable key), the daemon is shown to
+refuse it too, and check-config to refuse it first. A broken nginx config shows the
+rollback: the check fails, the target goes back, nginx keeps serving the previous
+certificate. Exim, OpenSMTPD, sendmail and courier-imap conflict with Postfix or
+Dovecot as packages: scripts/bootstrap.sh unpacks them (``UNPACKED``).
 """
 from __future__ import annotations
 
@@ -29,11 +35,14 @@ from tests.support.daemons import (
     lineage_serial,
     mosquitto,
     nginx,
+    offers_starttls,
     opensmtpd,
     postfix,
     prosody,
     samba,
     seed,
+    sendmail,
+    sendmail_cf,
     served_serial,
     serves,
     slapd,
@@ -44,7 +53,7 @@ from tests.support.procs import wait_until
 from tests.support.site import DEPLOY, deploy, mode_of, write_conf
 from tests.support.testbed import Certbot
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(
+pytestmark = [pytest.mark.root, pytest.mark.daemon, pytest.mark.skipif(
     not all(shutil.which(d, path="/usr/sbin:/usr/bin") for d in
             ("postfix", "haproxy", "nginx", "dovecot")),
     reason="the daemons are installed by scripts/test (postfix haproxy nginx-light "
@@ -343,6 +352,43 @@ def test_samba_ad_dc_restarted_through_a_renewal_and_it_refuses_the_mode_its_pre
         log = daemon.root / "log"
         _eventually(lambda: "should be 0600" in log.read_text(errors="replace"))
         assert not serves(daemon.port, lineage_serial(certbot.live("mail")))
+
+
+@_needs(unpacked("/usr/libexec/sendmail/sendmail"), "/usr/bin/m4", "/usr/bin/unshare")
+def test_sendmail_through_a_renewal_and_a_group_readable_key_only_when_told_it_may(
+        certbot: Certbot, run_dir: Path) -> None:
+    """sendmail takes the preset's root 0600 key through a renewal (SIGHUP). Given a
+    0640 key it offers no STARTTLS, which is why check-config refuses mode 0640; with
+    DontBlameSendmail=GroupReadableKeyFile in sendmail.cf and dont_blame_sendmail in the
+    target, both take it."""
+    tls = _dir(run_dir / "tls")  # below /run: sendmail refuses a key below /tmp
+    key = tls / "mail.pem"
+    seed(key)
+    with sendmail(run_dir / "sendmail", str(key)) as daemon:
+        _target(certbot, daemon, f"path = {key}")
+        live = _through_a_renewal(certbot, daemon, "smtp")
+        assert _owned(key, "root", "root", 0o600)
+        serial = lineage_serial(live)
+
+        conf = certbot.config_dir / "atomic-deploy.conf"
+        body = conf.read_text() + "group = mail\nmode = 0640\n"
+        conf.write_text(body)
+        refused = deploy(certbot.config_dir, "check-config")
+        assert refused.returncode == 2
+        assert "[sendmail] mode: 0640: sendmail refuses a key file this open" in refused.stderr
+
+        shutil.chown(key, group="mail")
+        key.chmod(0o640)  # what the preset refuses, by hand: sendmail offers no STARTTLS
+        subprocess.run(daemon.reload, shell=True, check=True, timeout=60)
+        _eventually(lambda: offers_starttls(daemon.port) is False)
+
+        sendmail_cf(daemon.root, str(key), dont_blame="GroupReadableKeyFile")
+        conf.write_text(body + "dont_blame_sendmail = GroupReadableKeyFile\n")
+        key.chmod(0o600)  # so that the deploy below has something to put right
+        taken = deploy(certbot.config_dir, "deploy", "--all")
+        assert taken.returncode == 0, taken.stderr
+        assert _owned(key, "root", "mail", 0o640)
+        _eventually(lambda: serves(daemon.port, serial, "smtp"))
 
 
 @_needs("/usr/sbin/couriertcpd", unpacked("/usr/lib/courier/courier/imaplogin"))

@@ -1,10 +1,7 @@
 """Daemon presets in the config: resolved values, overrides, and modes a daemon refuses."""
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -89,16 +86,6 @@ def test_a_mode_or_owner_the_daemon_refuses_is_a_config_error(
     assert message in one_line(result)
     assert snapshot(site / "out") == before
 
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    """A temp dir below no world-writable directory (/run, not /tmp), as sendmail wants."""
-    path = Path(tempfile.mkdtemp(prefix="cdk-test-", dir="/run"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_sendmail_takes_a_group_readable_key_when_told_it_may(site: Path, group: str,

@@ -261,6 +261,22 @@ def unpacked(path: str) -> Path:
 
 
 @contextmanager
+def _forking(daemon: Daemon, command: list[str], env: dict[str, str] | None = None
+             ) -> Iterator[Daemon]:
+    """Run ``command``, which starts the daemon in the background (it leaves its PID in
+    ``daemon.pid_file``), wait until it listens, and stop that PID at the end."""
+    with open(daemon.root / "log", "ab") as out:
+        subprocess.run(command, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                       check=True, timeout=60)
+    try:
+        _wait_port(daemon.port, daemon.name, daemon.root / "log")
+        yield daemon
+    finally:
+        if daemon.pid_file.exists():
+            stop_pid(daemon.pid())
+
+
+@contextmanager
 def _restartable(daemon: Daemon, start: str) -> Iterator[Daemon]:
     """A daemon its preset restarts. ``start`` (shell) starts it in the background,
     leaving its PID in ``daemon.pid_file``; ``daemon.reload`` becomes ROOT/restart, which
@@ -277,13 +293,8 @@ exec {root}/start
     for script in ("start", "restart"):
         (root / script).chmod(0o755)
     daemon.reload = f"{root}/restart"
-    subprocess.run([f"{root}/start"], check=True, timeout=60, stdin=subprocess.DEVNULL)
-    try:
-        _wait_port(daemon.port, daemon.name, root / "log")
-        yield daemon
-    finally:
-        if daemon.pid_file.exists():
-            stop_pid(daemon.pid())
+    with _forking(daemon, [f"{root}/start"]) as running:
+        yield running
 
 
 @contextmanager
@@ -505,15 +516,69 @@ def courier(root: Path, combined: str) -> Iterator[Daemon]:
                "-server", "-tcpd", "-user=courier",
                str(unpacked("/usr/lib/courier/courier/imaplogin")),
                str(unpacked("/usr/bin/imapd")), "Maildir"]
-    with open(root / "log", "wb") as out:
-        subprocess.run(command, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                       check=True, timeout=30)  # it forks and leaves its PID in pid_file
-    try:
-        _wait_port(port, "courier", root / "log")
-        yield daemon
-    finally:
-        if pid_file.exists():
-            stop_pid(daemon.pid())
+    with _forking(daemon, command, env) as running:
+        yield running
+
+
+def sendmail_cf(root: Path, combined: str, dont_blame: str = "") -> Path:
+    """ROOT/sendmail.cf, made by m4 from Debian's sendmail-cf as sendmailconfig makes it:
+    an MTA on ROOT/port with STARTTLS on one key+fullchain file (confSERVER_CERT and
+    confSERVER_KEY), ``DontBlameSendmail=dont_blame``."""
+    cf_dir = unpacked("/usr/share/sendmail/cf")
+    port = int((root / "port").read_text())
+    defines = {"confPID_FILE": f"{root}/sendmail.pid", "QUEUE_DIR": f"{root}/queue",
+               "STATUS_FILE": f"{root}/statistics", "ALIAS_FILE": "",
+               "confDOMAIN_NAME": "mail.example.org", "confSERVER_CERT": combined,
+               "confSERVER_KEY": combined, "confCACERT_PATH": "/etc/ssl/certs",
+               "confCACERT": "/etc/ssl/certs/ca-certificates.crt",
+               "confDONT_PROBE_INTERFACES": "True", "confDONT_BLAME_SENDMAIL": dont_blame}
+    mc = root / "sendmail.mc"
+    mc.write_text("".join([
+        f"include(`{cf_dir}/m4/cf.m4')dnl\nOSTYPE(`linux')dnl\n",
+        *(f"define(`{name}', `{value}')dnl\n" for name, value in defines.items()),
+        "FEATURE(`no_default_msa')dnl\n",
+        f"DAEMON_OPTIONS(`Family=inet, Name=MTA, Port={port}, Addr=127.0.0.1')dnl\n",
+        "MAILER(`local')dnl\nMAILER(`smtp')dnl\n"]))
+    cf = root / "sendmail.cf"
+    with open(cf, "wb") as out:
+        subprocess.run(["m4", f"-D_CF_DIR_={cf_dir}/", str(mc)], stdout=out, check=True,
+                       timeout=60)
+    return cf
+
+
+@contextmanager
+def sendmail(root: Path, combined: str) -> Iterator[Daemon]:
+    """A private sendmail (Debian's sendmail-bin and sendmail-cf, unpacked) with STARTTLS on
+    one key+fullchain file; SIGHUP makes it start again on its config and key. ``root``
+    must be below no world-writable directory (sendmail's own rule). It runs in a UTS and
+    mount namespace the test makes, named mail.example.org by a hosts file of its own
+    (an unqualified host name makes it sleep a minute) and resolving nothing else; its
+    check runs in there too."""
+    root = _dir(root)
+    port = free_port()
+    (root / "port").write_text(f"{port}\n")
+    _dir(root / "queue", 0o700)
+    cf = sendmail_cf(root, combined)
+    (root / "hosts").write_text("127.0.0.1 mail.example.org mail localhost\n")
+    (root / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    binary = unpacked("/usr/libexec/sendmail/sendmail")
+    inside = root / "namespaced"
+    inside.write_text(f"""#!/bin/sh
+set -e
+hostname mail.example.org
+mount --bind {root}/hosts /etc/hosts
+mount --bind {root}/resolv.conf /etc/resolv.conf
+exec {binary} -C {cf} -bd
+""")
+    inside.chmod(0o755)
+    pid_file = root / "sendmail.pid"
+    daemon = Daemon("sendmail", port, root, pid_file,
+                    check=f"nsenter --target $(head -n 1 {pid_file}) --uts --mount "
+                          f"{binary} -C {cf} -bt < /dev/null > /dev/null",
+                    reload=f"kill -HUP $(head -n 1 {pid_file})")
+    with _forking(daemon, ["unshare", "--uts", "--mount", "--propagation", "private",
+                           str(inside)]) as running:
+        yield running
 
 
 LDAPS = 636
@@ -547,6 +612,19 @@ def samba(root: Path, key: str, cert: str) -> Iterator[Daemon]:
                     check=f"testparm -s {conf} > /dev/null 2>&1", reload="")
     with _restartable(daemon, f"exec samba -s {conf} >>{root}/log 2>&1") as running:
         yield running
+
+
+def offers_starttls(port: int) -> bool | None:
+    """Whether the SMTP server on ``port`` offers STARTTLS in its EHLO reply (None while
+    it does not answer)."""
+    import smtplib
+
+    try:
+        with smtplib.SMTP("127.0.0.1", port, "client.example.org", timeout=10) as smtp:
+            smtp.ehlo()
+            return smtp.has_extn("starttls")
+    except (OSError, smtplib.SMTPException):
+        return None
 
 
 def serves(port: int, serial: int, starttls: str | None = None) -> bool:
