@@ -360,7 +360,7 @@ def test_sendmail_through_a_renewal_and_a_group_readable_key_only_when_told_it_m
     """sendmail takes the preset's root 0600 key through a renewal (SIGHUP). Given a
     0640 key it offers no STARTTLS, which is why check-config refuses mode 0640; with
     DontBlameSendmail=GroupReadableKeyFile in sendmail.cf and dont_blame_sendmail in the
-    target, both take it."""
+    target, both take it. Neither takes a key below a world-writable directory."""
     tls = _dir(run_dir / "tls")  # below /run: sendmail refuses a key below /tmp
     key = tls / "mail.pem"
     seed(key)
@@ -389,6 +389,12 @@ def test_sendmail_through_a_renewal_and_a_group_readable_key_only_when_told_it_m
         assert taken.returncode == 0, taken.stderr
         assert _owned(key, "root", "mail", 0o640)
         _eventually(lambda: serves(daemon.port, serial, "smtp"))
+
+        tls.chmod(0o1777)  # world-writable, even sticky: sendmail refuses the key again
+        subprocess.run(daemon.reload, shell=True, check=True, timeout=60)
+        _eventually(lambda: offers_starttls(daemon.port) is False)
+        refused = deploy(certbot.config_dir, "check-config")
+        assert "is world-writable (mode 1777), and sendmail refuses" in refused.stderr
 
 
 @_needs("/usr/sbin/couriertcpd", unpacked("/usr/lib/courier/courier/imaplogin"))
