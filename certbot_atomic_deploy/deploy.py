@@ -24,8 +24,9 @@ marked ``# (N)`` in the body):
 7. roll back: a target whose check fails is put back as it was, record
    included, its reload left out, and with it every target this run published
    that shares a reload command with it (the same daemon: a key file and a
-   certificate file must not be switched by halves); then the state is written
-   again;
+   certificate file must not be switched by halves; for a check an interrupted
+   run left, every target still waiting for a reload it shares); then the state
+   is written again;
 8. reload: every distinct ``reload`` command of every target whose reload is
    pending (this run's, and any an earlier run could not finish), once,
    unless the run defers them to ``reload-pending``; a target's reload stops
@@ -173,21 +174,20 @@ class Deployer:
         if any(_pending_after_publish(p.target) for p in published):
             self._flush(result)  # a check or reload a crash cuts short runs next time
         passed: list[Published] = []
-        failed_checks: list[tuple[Published, CommandRun]] = []
+        failed_checks: list[Failed] = []
         for p in published:
             failed = self._run_checks(p.target, p.record, result)  # (6)
             if failed is None:
                 passed.append(p)
             else:
                 self._undo(p, failed)  # (7)
-                failed_checks.append((p, failed))
+                failed_checks.append(Failed(p.target.name, _reloads(p.target, p.record), failed))
         for p in passed:
-            partner = _sharing_a_reload(p, failed_checks)
+            partner = _sharing_a_reload(_reloads(p.target, p.record), failed_checks)
             if partner is None:
                 self._passed(p.target)
             else:  # (7) the same daemon: it must not reload onto half a switch
-                other, command, failed = partner
-                self._undo(p, failed, f"[{other.target.name}] (same reload '{command}')")
+                self._undo(p, partner.run, partner.why)
         self._resume_checks({p.target.name for p in published}, result)  # (6), (7)
         self._note_results(result)
         self._flush(result)
@@ -198,30 +198,52 @@ class Deployer:
     def _resume_checks(self, done: set[str], result: RunResult) -> None:
         """(6, 7) for what an interrupted run left published with its check pending:
         run the check now; a target whose check fails goes back to its previous
-        publish (``done``: the targets this run has just checked)."""
+        publish, and so does every target still waiting for a reload it shares
+        (``done``: the targets this run has just checked)."""
+        passed: list[tuple[Target, Record]] = []
+        failed_checks: list[Failed] = []
         for target in self.config.targets:
             state = self.state.load(target.name)
-            if (target.name in done or state.pending != PENDING_CHECK
-                    or state.current is None):
+            if target.name in done or state.current is None:
                 continue
-            current = state.current
-            failed = self._run_checks(target, current, result)
+            if state.pending == PENDING_RELOAD:  # no check of its own: published, unreloaded
+                passed.append((target, state.current))
+            if state.pending != PENDING_CHECK:
+                continue
+            failed = self._run_checks(target, state.current, result)
             if failed is None:
-                self._passed(target)
-                continue
-            outcome = Outcome(target.name, current.lineage, "failed",
-                              f"check '{failed.command}' of the publish an interrupted run "
-                              f"left ({current.lineage} v{current.version}) failed "
-                              f"({failed.detail})", current.version, current.serial)
-            result.outcomes.append(outcome)
-            try:
-                previous = self._restore_previous(target)
-            except (KeysError, OSError) as exc:
-                outcome.detail += f"; it stays published, check pending: {_why(exc)}"
+                passed.append((target, state.current))
             else:
-                outcome.status = "rolled-back"
-                outcome.detail += (f"; put back {previous.lineage} v{previous.version}; "
-                                   "reload skipped")
+                failed_checks.append(Failed(target.name, _reloads(target, state.current),
+                                            failed))
+                left = f"{state.current.lineage} v{state.current.version}"
+                self._put_back(target, state.current, f"check '{failed.command}' of the "
+                               f"publish an interrupted run left ({left}) failed "
+                               f"({failed.detail})", result)
+        for target, current in passed:
+            partner = _sharing_a_reload(_reloads(target, current), failed_checks)
+            if partner is None:
+                self._passed(target)
+            else:  # the same daemon: it must not reload onto half a switch
+                self._put_back(target, current, f"the publish an interrupted run left "
+                               f"({current.lineage} v{current.version}) goes back with "
+                               f"{partner.why}, whose check '{partner.run.command}' failed",
+                               result)
+
+    def _put_back(self, target: Target, current: Record, why: str,
+                  result: RunResult) -> None:
+        """(7) for a publish an interrupted run left: back to the one before it."""
+        outcome = Outcome(target.name, current.lineage, "failed", why, current.version,
+                          current.serial)
+        result.outcomes.append(outcome)
+        try:
+            previous = self._restore_previous(target)
+        except (KeysError, OSError) as exc:
+            outcome.detail += f"; it stays published, check pending: {_why(exc)}"
+        else:
+            outcome.status = "rolled-back"
+            outcome.detail += (f"; put back {previous.lineage} v{previous.version}; "
+                               "reload skipped")
 
     def _note_results(self, result: RunResult) -> None:
         """Each target's outcome in this run, for status and the metrics file. An
@@ -264,7 +286,7 @@ class Deployer:
                 continue
             current = state.current
             env = self._env(target, current.lineage, current.names)
-            waiting[target.name] = _reloads(target, current.lineage, current.names)
+            waiting[target.name] = _reloads(target, current)
             for command in waiting[target.name]:
                 commands.setdefault(command, env)
         if not waiting:
@@ -564,21 +586,32 @@ def _commands(target: Target) -> str:
     return f", then {', '.join(said)}" if said else ""
 
 
-def _reloads(target: Target, lineage: str, names: list[str]) -> list[str]:
-    """The target's reload commands as they run (placeholders filled in)."""
-    return [expand(t, target.destination, lineage, names) for t in target.reload]
+def _reloads(target: Target, record: Record) -> list[str]:
+    """The target's reload commands as they run for ``record`` (placeholders filled in)."""
+    return [expand(t, target.destination, record.lineage, record.names)
+            for t in target.reload]
 
 
-def _sharing_a_reload(p: Published, failed: list[tuple[Published, CommandRun]]
-                      ) -> tuple[Published, str, CommandRun] | None:
-    """A target this run published whose check failed and which reloads the same daemon
-    as ``p`` (a reload command in common), with that command and the failed check."""
-    mine = _reloads(p.target, p.lineage, p.record.names)
-    for other, run in failed:
-        shared = [c for c in _reloads(other.target, other.lineage, other.record.names)
-                  if c in mine]
+class Failed(NamedTuple):
+    """A target whose check failed, with its reload commands and that check."""
+
+    name: str
+    reloads: list[str]
+    run: CommandRun
+
+
+class Partner(NamedTuple):
+    why: str  # "[NAME] (same reload 'COMMAND')"
+    run: CommandRun
+
+
+def _sharing_a_reload(mine: list[str], failed: list[Failed]) -> Partner | None:
+    """The first target among ``failed`` that reloads the same daemon (a reload command
+    in common with ``mine``)."""
+    for other in failed:
+        shared = [c for c in other.reloads if c in mine]
         if shared:
-            return other, shared[0], run
+            return Partner(f"[{other.name}] (same reload '{shared[0]}')", other.run)
     return None
 
 

@@ -281,6 +281,33 @@ def test_a_check_cut_short_by_ctrl_c_runs_again_and_rolls_back_if_it_fails(
     assert (status["version"], status["pending"]) == (1, None)
 
 
+def test_a_resumed_check_that_fails_puts_back_every_file_of_that_daemon(site: Path) -> None:
+    """As above for a check an interrupted run left: the key's resumed check fails, so the
+    certificate published with it (no check of its own, the same reload) goes back too."""
+    log, out = site / "reloads.log", site / "out"
+    reload = f"echo dc >> {log}"
+
+    def conf(check: str) -> None:
+        write_conf(site / "le", f"[key]\nlineage = mail\npath = {out}/key.pem\nformat = key\n"
+                                f"check = {check}\nreload = {reload}\n\n"
+                                f"[cert]\nlineage = mail\npath = {out}/cert.pem\n"
+                                f"format = fullchain\nreload = {reload}\n")
+    conf("true")
+    assert deploy(site / "le", "deploy", "--all").returncode == 0
+    before = {name: (out / name).read_bytes() for name in ("key.pem", "cert.pem")}
+    new_version(site)
+    conf("kill -INT $PPID; sleep 5")  # a Ctrl-C during the key's check
+    assert deploy(site / "le", "deploy", "--all").returncode == 130
+    assert {name: (out / name).read_bytes() for name in before} != before
+    conf("false")
+    result = deploy(site / "le", "reload-pending")
+    assert result.returncode == 1
+    assert "[cert] the publish an interrupted run left (mail v2) goes back with [key] (same " \
+           f"reload '{reload}'), whose check 'false' failed; put back mail v1" in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert log.read_text() == "dc\n"  # the first run's only
+
+
 def test_a_check_cut_short_runs_again_and_then_the_reload(site: Path) -> None:
     log = site / "reloads.log"
     basic_conf(site, f"check = kill -INT $PPID; sleep 5\nreload = echo run >> {log}")
