@@ -38,9 +38,10 @@ from certbot_atomic_deploy.pem import (
     FORMAT_ALIASES,
     KEYSTORE_FORMAT,
     holds_key,
+    parse_blocks,
 )
 from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
-from daemon_keys.errors import ConfigError, SpecError, UnsafePathError
+from daemon_keys.errors import ConfigError, SpecError, UnsafePathError, ValidationError
 from daemon_keys.fs import open_dir, read_regular, unsafe_reason
 from daemon_keys.keyspec import KeySpec, parse_spec, resolve_user
 
@@ -112,6 +113,7 @@ SPEC: dict[str, Callable[[object], object]] = {
     "keep": _keep,
     "timeout": _timeout,
     "metrics_file": _text("one path"),
+    "issuers": _text("one path"),
     "reader": _text("one user"),
     "dont_blame_sendmail": _choice(("GroupReadableKeyFile",)),
     "password_file": _text("one path"),
@@ -119,7 +121,7 @@ SPEC: dict[str, Callable[[object], object]] = {
 _FORMATS = ", ".join(repr(f) for f in _FORMAT_NAMES)
 # Keys that only make sense per target, never in [defaults]; and the other way round.
 _TARGET_ONLY = ("path", "directory", "preset")
-_RUN_WIDE = ("metrics_file",)
+_RUN_WIDE = ("metrics_file", "issuers")
 
 
 class FileOutput(NamedTuple):
@@ -186,6 +188,9 @@ class Config(NamedTuple):
     path: str
     targets: tuple[Target, ...]
     metrics_file: str | None = None  # rewritten by every run that writes state
+    # The CA certificates (PEM) a lineage's chain must end at, when pinned ([defaults]
+    # issuers = FILE): an ACME client that writes its own pair is not trusted.
+    issuers: tuple[bytes, ...] | None = None
 
     @property
     def state_dir(self) -> str:
@@ -381,12 +386,14 @@ MAX_CONFIG_BYTES = 1 << 20
 CERTBOT_DIRS = ("/var/lib/letsencrypt", "/var/log/letsencrypt")
 
 
-def _read_trusted(path: str) -> str:
-    """The config's text, read through descriptors from a file only root (or the user
-    running the deploy) can change: its ``check`` and ``reload`` commands run as that user."""
+def _read_trusted(path: str, stakes: str = "its check and reload commands run as uid {euid}"
+                  ) -> str:
+    """The text of a file only root (or the user running the deploy) can change, read
+    through descriptors: the config (its ``check`` and ``reload`` commands run as that
+    user), or what else decides what is published (``stakes`` says what)."""
     euid = os.geteuid()
-    fix = (f"its check and reload commands run as uid {euid}: make it and every directory "
-           "above it root-owned and writable by root only (chown root: FILE; chmod go-w FILE)")
+    fix = (f"{stakes.format(euid=euid)}: make it and every directory above it root-owned and "
+           "writable by root only (chown root: FILE; chmod go-w FILE)")
     if os.path.isdir(path):
         raise ConfigError(f"{path}: is a directory; give the config file itself (e.g. "
                           f"--config {os.path.join(path, 'atomic-deploy.conf')})")
@@ -450,6 +457,19 @@ def _check_destinations(config: Config, config_dir: str) -> None:
                                   f"{other.destination}; give each target its own path")
 
 
+def _issuers(path: str) -> tuple[bytes, ...]:
+    """The pinned CA certificates: a file as trusted as the config, of CERTIFICATE blocks."""
+    text = _read_trusted(path, "it decides which certificates are published")
+    try:
+        blocks = parse_blocks(text.encode(), path)
+    except ValidationError as exc:
+        raise ConfigError(f"[defaults] issuers: {exc}") from None
+    if not blocks or any(b.label != "CERTIFICATE" for b in blocks):
+        raise ConfigError(f"{path}: [defaults] issuers: expected CA certificates (PEM "
+                          "CERTIFICATE blocks) only")
+    return tuple(b.text for b in blocks)
+
+
 def load(path: str, config_dir: str) -> Config:
     """Read and validate the configuration file; raise ConfigError naming what is wrong.
 
@@ -479,6 +499,9 @@ def load(path: str, config_dir: str) -> Config:
     metrics = defaults.get("metrics_file")
     metrics_file = (None if metrics is None else
                     _absolute(str(metrics), f"{path}: [defaults] metrics_file"))
+    issuers = defaults.get("issuers")
+    pinned = None if issuers is None else _issuers(
+        _absolute(str(issuers), f"{path}: [defaults] issuers"))
     targets = tuple(_target(name, section, defaults, path)
                     for name, section in sections.items())
     if not targets:
@@ -490,6 +513,6 @@ def load(path: str, config_dir: str) -> Config:
             raise ConfigError(f"{path}: [{t.name}] and [{destinations[t.destination]}] both "
                               f"write {t.destination}")
         destinations[t.destination] = t.name
-    config = Config(path=path, targets=targets, metrics_file=metrics_file)
+    config = Config(path=path, targets=targets, metrics_file=metrics_file, issuers=pinned)
     _check_destinations(config, config_dir)
     return config

@@ -129,7 +129,7 @@ class Deployer:
         """The lineage's material validated, however many targets take it."""
         def check() -> CertInfo:
             from certbot_atomic_deploy.validate import validate
-            return validate(self.material(lineage), self.now)
+            return validate(self.material(lineage), self.now, self.config.issuers)
         return _once(self._checked, lineage, check)
 
     def names(self, lineage: str) -> tuple[str, ...]:

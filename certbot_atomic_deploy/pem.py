@@ -8,7 +8,8 @@ material is :mod:`.validate`'s job.
 The lineage is read through its ``live/<name>/`` links, each resolved once
 with ``readlink``; the four links must name one archive version (a renewal
 swaps them one by one, so a mixed set means one is under way) and the files
-are then read from the archive directory's descriptor.
+are then read from the archive directory's descriptor. Nothing in a lineage
+is trusted: see :func:`read_lineage`.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import os
 import re
 from typing import NamedTuple
 
-from daemon_keys.errors import ValidationError, reason
-from daemon_keys.fs import read_regular
+from daemon_keys.errors import UnsafePathError, ValidationError, reason
+from daemon_keys.fs import open_dir, read_regular
 
 KINDS = ("privkey", "cert", "chain", "fullchain")
 FILE_FORMATS = ("key", "cert", "chain", "fullchain", "key+fullchain", "fullchain+key",
@@ -90,46 +91,51 @@ def list_lineages(config_dir: str) -> list[str]:
 
 
 def read_lineage(config_dir: str, name: str) -> Material:
-    """Read one consistent version of lineage ``name`` from ``config_dir``."""
+    """Read one consistent version of lineage ``name`` from ``config_dir``.
+
+    Every file is input to check, never to trust: ``live/NAME`` and ``archive/NAME``
+    are opened from the config dir's descriptor one component at a time, refusing any
+    symlink on the way; each ``live/NAME/KIND.pem`` must be certbot's own link
+    (``../../archive/NAME/KINDn.pem``), each file it names a regular file of bounded
+    size, opened without following a link or blocking (a FIFO is refused, not waited
+    on). When the config dir belongs to neither root nor the user reading it (an
+    unprivileged certbot's, read by a root deployer), each file must also belong to
+    the config dir's owner and have one link: a hard link to someone else's file
+    (a root-only key, /etc/shadow) is refused.
+    """
+    if name in ("", ".", "..") or "/" in name:
+        raise ValidationError(f"{name!r}: not a lineage name")
     live = os.path.join(config_dir, "live", name)
-    targets = {}
-    for kind in KINDS:
-        link = os.path.join(live, f"{kind}.pem")
-        try:
-            targets[kind] = os.readlink(link)
-        except FileNotFoundError:
-            raise ValidationError(f"{link}: missing (is '{name}' a certbot lineage? "
-                                  "see 'certbot certificates')") from None
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise ValidationError(f"{link}: not a symlink into archive/") from None
-            raise ValidationError(f"{link}: {reason(exc)}") from None
-    versions = set()
-    for kind, target in targets.items():
-        match = _LINK_VERSION.match(target)
-        if match is None or match.group(1) != kind:
-            raise ValidationError(f"{os.path.join(live, kind + '.pem')}: points to {target}, "
-                                  f"not to an archive {kind}N.pem")
-        versions.add(int(match.group(2)))
-    if len(versions) != 1:
-        raise ValidationError(f"{live}: links point to different versions {sorted(versions)} "
-                              "(a renewal is under way, or was interrupted; run again after it)")
-    archive_dirs = {os.path.normpath(os.path.join(live, os.path.dirname(t)))
-                    for t in targets.values()}
-    if len(archive_dirs) != 1:
-        raise ValidationError(f"{live}: links point into different directories")
-    archive = archive_dirs.pop()
     try:
-        dir_fd = os.open(archive, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        config_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ValidationError(f"{archive}: cannot open: {reason(exc)}") from None
+        raise ValidationError(f"{config_dir}: cannot open: {reason(exc)}") from None
     try:
-        raw = {kind: _read_at_following_key_link(dir_fd, kind, os.path.basename(target),
-                                                 os.path.join(archive, os.path.basename(target)))
-               for kind, target in targets.items()}
+        owner = os.fstat(config_fd).st_uid
+        hostile = owner not in (0, os.geteuid())
+        live_fd = _lineage_dir(config_fd, config_dir, "live", name)
+        try:
+            files = {kind: _archive_file(live_fd, live, name, kind, config_dir)
+                     for kind in KINDS}
+        finally:
+            os.close(live_fd)
+        versions = {int(match.group(2)) for match in
+                    (_LINK_VERSION.match(f) for f in files.values()) if match}
+        if len(versions) != 1:
+            raise ValidationError(f"{live}: links point to different versions "
+                                  f"{sorted(versions)} (a renewal is under way, or was "
+                                  "interrupted; run again after it)")
+        archive = os.path.join(config_dir, "archive", name)
+        dir_fd = _lineage_dir(config_fd, config_dir, "archive", name)
+    finally:
+        os.close(config_fd)
+    try:
+        raw = {kind: _read_at_following_key_link(dir_fd, kind, file, os.path.join(archive, file),
+                                                 owner if hostile else None)
+               for kind, file in files.items()}
     finally:
         os.close(dir_fd)
-    sources = {kind: os.path.join(archive, os.path.basename(t)) for kind, t in targets.items()}
+    sources = {kind: os.path.join(archive, file) for kind, file in files.items()}
     keys = parse_blocks(raw["privkey"], sources["privkey"])
     if len(keys) != 1 or "PRIVATE KEY" not in keys[0].label:
         raise ValidationError(f"{sources['privkey']}: expected one PRIVATE KEY block, found "
@@ -152,8 +158,45 @@ def read_lineage(config_dir: str, name: str) -> Material:
                     chain=tuple(fullchain), sources=sources)
 
 
-def _read_at_following_key_link(dir_fd: int, kind: str, name: str, where: str) -> bytes:
-    """Read an archive file; a key may be Certbot's own link to an earlier key (reuse-key)."""
+def _lineage_dir(config_fd: int, config_dir: str, top: str, name: str) -> int:
+    """``config_dir/top/name`` opened without following any symlink."""
+    try:
+        return open_dir(f"{top}/{name}", at=config_fd, at_path=config_dir)
+    except UnsafePathError as exc:
+        path = os.path.join(config_dir, top, name)
+        if not os.path.lexists(path):
+            raise ValidationError(f"{path}: missing (is '{name}' a certbot lineage? see "
+                                  "'certbot certificates')") from None
+        raise ValidationError(f"{exc}; refusing") from None
+
+
+def _archive_file(live_fd: int, live: str, name: str, kind: str, config_dir: str) -> str:
+    """The archive file name ``live/NAME/KIND.pem`` links to, if it is certbot's own link
+    into ``archive/NAME`` of the same config dir; else one line saying where it points."""
+    link = os.path.join(live, f"{kind}.pem")
+    try:
+        target = os.readlink(f"{kind}.pem", dir_fd=live_fd)
+    except FileNotFoundError:
+        raise ValidationError(f"{link}: missing (is '{name}' a certbot lineage? "
+                              "see 'certbot certificates')") from None
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise ValidationError(f"{link}: not a symlink into archive/") from None
+        raise ValidationError(f"{link}: {reason(exc)}") from None
+    file = os.path.basename(target)
+    match = _LINK_VERSION.match(file)
+    ours = (f"../../archive/{name}/{file}",
+            os.path.join(os.path.abspath(config_dir), "archive", name, file))
+    if match is None or match.group(1) != kind or target not in ours:
+        raise ValidationError(f"{link}: points to {target}, not to ../../archive/{name}/"
+                              f"{kind}N.pem as certbot's links do; refusing")
+    return file
+
+
+def _read_at_following_key_link(dir_fd: int, kind: str, name: str, where: str,
+                                owner: int | None) -> bytes:
+    """Read an archive file; a key may be Certbot's own link to an earlier key (reuse-key).
+    With ``owner`` (a config dir others own), the file must be that uid's, with one link."""
     if kind == "privkey":
         for _ in range(8):
             try:
@@ -164,8 +207,15 @@ def _read_at_following_key_link(dir_fd: int, kind: str, name: str, where: str) -
                 raise ValidationError(f"{where}: links to {target}, outside the lineage's "
                                       "archive; refusing")
             name = target
-    return read_regular(name, dir_fd=dir_fd, limit=MAX_PEM_BYTES, where=where,
-                        error=ValidationError)[1]
+    st, data = read_regular(name, dir_fd=dir_fd, limit=MAX_PEM_BYTES, where=where,
+                            error=ValidationError)
+    if owner is not None and st.st_uid != owner:
+        raise ValidationError(f"{where}: owned by uid {st.st_uid}, not by the config dir's "
+                              f"owner (uid {owner}); refusing")
+    if owner is not None and st.st_nlink != 1:
+        raise ValidationError(f"{where}: has {st.st_nlink} hard links (certbot writes one); "
+                              "refusing")
+    return data
 
 
 def build(fmt: str, material: Material) -> bytes:

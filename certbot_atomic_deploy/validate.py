@@ -74,10 +74,12 @@ def covers(names: Iterable[str], pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(n.lower(), pattern) or n.lower() == pattern for n in names)
 
 
-def validate(material: Material, now: datetime.datetime | None = None) -> CertInfo:
+def validate(material: Material, now: datetime.datetime | None = None,
+             issuers: tuple[bytes, ...] | None = None) -> CertInfo:
     """Raise ValidationError unless the material is fit to publish; return the leaf's info.
 
-    Depends on the lineage only, so a run does it once per lineage however many
+    Depends on the lineage only (and the run's ``issuers`` pin: the chain must end at
+    one of those CA certificates), so a run does it once per lineage however many
     targets take it; :func:`require_covered` is the per-target part.
     """
     src = material.sources
@@ -105,6 +107,8 @@ def validate(material: Material, now: datetime.datetime | None = None) -> CertIn
                 f"is not issued by certificate {i + 2} ({parent.subject.rfc4514_string()}): "
                 f"{str(exc) or 'its signature does not verify with the key of certificate '}"
                 f"{'' if str(exc) else i + 2}") from None
+    if issuers is not None:
+        _require_pinned(chain[-1], issuers, src["fullchain"])
     info = _info(leaf)
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     if moment < info.not_before:
@@ -114,6 +118,23 @@ def validate(material: Material, now: datetime.datetime | None = None) -> CertIn
         raise ValidationError(f"{src['cert']}: expired {info.not_after:%Y-%m-%d %H:%M} UTC "
                               "(renew it: certbot renew --cert-name " + material.lineage + ")")
     return info
+
+
+def _require_pinned(top: x509.Certificate, issuers: tuple[bytes, ...], where: str) -> None:
+    """The chain's last certificate is one of the pinned CAs, or issued by one."""
+    for pem in issuers:
+        ca = x509.load_pem_x509_certificate(pem)
+        if ca == top:
+            return
+        try:
+            verify_issued_by(top, ca)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            continue
+        return
+    raise ValidationError(f"{where}: the chain ends at {top.subject.rfc4514_string()} "
+                          f"(issuer {top.issuer.rfc4514_string()}), which none of the "
+                          f"{len(issuers)} pinned issuers issued ([defaults] issuers); "
+                          "refusing to publish it")
 
 
 def verify_issued_by(child: x509.Certificate, parent: x509.Certificate) -> None:

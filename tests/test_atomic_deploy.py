@@ -389,4 +389,4 @@ def test_a_named_lineage_that_does_not_exist_is_one_line(site: Path) -> None:
     write_conf(site / "le", f"[t]\nlineage = nosuch\npath = {site}/out/t.pem\nformat = key\n")
     result = deploy(site / "le", "deploy", "--all")
     assert result.returncode == 1
-    assert "live/nosuch/privkey.pem: missing (is 'nosuch' a certbot lineage?" in one_line(result)
+    assert "live/nosuch: missing (is 'nosuch' a certbot lineage?" in one_line(result)
