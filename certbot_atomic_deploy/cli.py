@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+from certbot_atomic_deploy import spool
 from certbot_atomic_deploy.config import FileOutput, load, read_password
 from certbot_atomic_deploy.deploy import Deployer
 from certbot_atomic_deploy.report import (
@@ -28,6 +29,7 @@ from certbot_atomic_deploy.report import (
     print_result,
     print_status,
 )
+from certbot_atomic_deploy.spool import DEFAULT_SPOOL
 from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
 from daemon_keys.errors import (
     EXIT_FAILED,
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--dry-run", action="store_true",
                         help="print the plan, change nothing")
     deploy.add_argument("--json", action="store_true", help="print the result as JSON")
+    deploy.add_argument("--spool", metavar="DIR", default=None, help=(
+        "take every marker 'notify' left in DIR, then deploy every target (the root side "
+        "of an unprivileged certbot; implies --all)"))
     status = sub.add_parser("status", help="per target: lineage, serial, expiry, in sync")
     status_format = status.add_mutually_exclusive_group()
     status_format.add_argument("--json", action="store_true", help="print JSON")
@@ -112,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("target", help="the target's section name")
     check_config = sub.add_parser("check-config",
                                   help="validate the config and show each target")
+    notify = sub.add_parser("notify", help=(
+        "an unprivileged certbot's deploy hook: drop a marker for the renewed lineage into "
+        "the spool, for the root side's 'deploy --spool'; reads no config, writes nothing "
+        "else"))
+    notify.add_argument("--spool", metavar="DIR", default=DEFAULT_SPOOL,
+                        help=f"the spool directory, owned by certbot's user (default "
+                             f"{DEFAULT_SPOOL})")
+    notify.add_argument("--lineage", metavar="NAME", default=None,
+                        help="the lineage (default: from $RENEWED_LINEAGE)")
     pending = sub.add_parser("reload-pending", help=(
         "run every pending check and reload once (certbot's --post-hook, with "
         "--defer-reloads on the deploy hook)"))
@@ -142,6 +156,14 @@ def _config_dir(args: argparse.Namespace | SimpleNamespace) -> str:
 
 
 def run(args: argparse.Namespace | SimpleNamespace) -> int:
+    if args.command == "notify":  # before any config: the unprivileged side reads none
+        lineage = args.lineage or os.path.basename(os.path.normpath(
+            os.environ.get("RENEWED_LINEAGE", "")))
+        if not lineage:
+            raise UsageError("notify: no --lineage given and $RENEWED_LINEAGE is not set "
+                             "(use it as certbot's --deploy-hook)")
+        print(f"notified: {spool.notify(args.spool, lineage)}")
+        return EXIT_OK
     if args.command is None and not os.environ.get("RENEWED_LINEAGE"):
         raise UsageError("no command given and $RENEWED_LINEAGE is not set (run "
                          "'deploy --all', or use this as certbot's --deploy-hook)")
@@ -189,9 +211,11 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         wanted: set[str] | None = {os.path.basename(os.path.normpath(renewed))}
         dry_run, as_json = False, False
     else:
-        if not args.all and not args.lineage:
+        if args.spool is not None and args.lineage:
+            raise UsageError("deploy: --spool deploys every target; drop --lineage")
+        if not args.all and not args.lineage and args.spool is None:
             raise UsageError("deploy: say which: --lineage NAME (repeatable) or --all")
-        wanted = None if args.all else set(args.lineage)
+        wanted = None if args.all or args.spool is not None else set(args.lineage)
         for name in sorted(wanted or ()):
             require_dir(os.path.join(config_dir, "live", name),
                         f"deploy --lineage {name}: no such lineage in {config_dir}/live "
@@ -201,6 +225,11 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         result = deployer.deploy(wanted, dry_run=True)
     else:
         with deployer.state.lock(args.lock_timeout):
+            if command is not None and args.spool is not None:
+                # Before the run: a marker dropped while it runs starts the next one.
+                taken = spool.take(args.spool)
+                print(f"spool {args.spool}: took {len(taken)} marker(s)"
+                      f"{': ' + ', '.join(taken) if taken else ''}")
             result = deployer.deploy(wanted, reload=not args.defer_reloads)
             _write_metrics(deployer, result)
     if command is not None and not result.outcomes and not as_json:
