@@ -173,6 +173,7 @@ class Certbot:
     pebble: Pebble
     root: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    as_user: list[str] = field(default_factory=list)  # an argv prefix: setpriv as that uid
 
     @property
     def config_dir(self) -> Path:
@@ -213,7 +214,7 @@ class Certbot:
     def run(self, subcommand: str, *args: str, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run ``certbot SUBCOMMAND ...``; raise with its output if it fails and check is set."""
-        result = subprocess.run(self.command(subcommand, *args), env=self.env(),
+        result = subprocess.run([*self.as_user, *self.command(subcommand, *args)], env=self.env(),
                                 capture_output=True, text=True, timeout=timeout,
                                 stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:

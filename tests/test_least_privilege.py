@@ -1,0 +1,276 @@
+"""Least privilege (issue 13): certbot as an unprivileged user, a root deployer that
+trusts nothing it wrote.
+
+The real pieces: certbot runs as a user of its own (setpriv) against pebble and owns
+its config, work and logs dirs; its deploy hook is ``certbot-atomic-deploy notify``,
+which only drops a marker into a spool that user owns. The root side runs exactly
+what the shipped unit runs (``ROOT_DEPLOY``), with its config in a root-owned
+directory. Every attack below is made by that user on the lineage it owns (as that
+user where the kernel lets it), and each is refused in one line naming the lineage,
+the file and the reason, with nothing written, no hang, and the other lineages
+deployed all the same.
+"""
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemons import lineage_serial, postfix, seed, served_serial
+from tests.support.pki import make_chain, pem_of
+from tests.support.site import DEPLOY, mode_of
+from tests.support.testbed import Certbot, Pebble
+from tests.support.users import as_user
+
+HOOK_PATH = f"{Path(DEPLOY).parent}:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def root_deploy(config: Path, config_dir: Path, spool: Path) -> list[str]:
+    """The root deployer's command line, as certbot-atomic-deploy.service runs it."""
+    return [DEPLOY, "--config", str(config), "--config-dir", str(config_dir), "deploy",
+            "--spool", str(spool)]
+
+
+@dataclass
+class Split:
+    """An unprivileged certbot (``certbot``, as ``user``), its spool, and the root side's
+    directory (``root``: the deploy config and its state) and targets (``out``)."""
+
+    certbot: Certbot
+    user: str
+    uid: int
+    gid: int
+    spool: Path
+    root: Path
+    out: Path
+
+    def deploy(self, conf_dir: Path, config_dir: Path | None = None
+               ) -> subprocess.CompletedProcess[str]:
+        """The root deployer with CONF_DIR/atomic-deploy.conf (its state beside it)."""
+        return subprocess.run(root_deploy(conf_dir / "atomic-deploy.conf",
+                                          config_dir or self.certbot.config_dir, self.spool),
+                              capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+
+    def as_user(self, script: str, cwd: Path) -> None:
+        subprocess.run([*as_user(self.uid, self.gid), "sh", "-euc", script], cwd=cwd,
+                       check=True, timeout=60, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def split(pebble: Pebble, outsider_python: str) -> Iterator[Split]:
+    """Lineages 'mail' and 'web', issued by certbot running as a user of its own."""
+    top = Path(tempfile.mkdtemp(prefix="cdk-test-"))
+    top.chmod(0o755)
+    name = f"cdkc{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell",
+                    "/usr/sbin/nologin", name], check=True, timeout=30)
+    try:
+        entry = pwd.getpwnam(name)
+        home = top / "certbot"
+        spool = top / "spool"
+        for path in (home, spool):
+            path.mkdir(mode=0o755)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        root = top / "root"
+        out = top / "out"
+        for path in (root, out):
+            path.mkdir(mode=0o755)
+        bundle = top / "acme-ca.pem"  # pebble's listener CA, where that user can read it
+        shutil.copyfile(pebble.ca_bundle, bundle)
+        bundle.chmod(0o644)
+        certbot = Certbot(pebble=pebble, root=home,
+                          extra_env={"REQUESTS_CA_BUNDLE": str(bundle), "PATH": HOOK_PATH},
+                          as_user=as_user(entry.pw_uid, entry.pw_gid))
+        for lineage in ("mail", "web"):
+            certbot.certonly(lineage, [f"{lineage}.example.org"], "--deploy-hook",
+                             f"certbot-atomic-deploy notify --spool {spool}")
+        yield Split(certbot, name, entry.pw_uid, entry.pw_gid, spool, root, out)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+        subprocess.run(["userdel", name], check=False, timeout=30)
+        subprocess.run(["groupdel", name], check=False, timeout=30)
+
+
+def _conf(directory: Path, body: str) -> None:
+    (directory / "atomic-deploy.conf").write_text(body)
+
+
+def test_certbot_as_its_own_user_owns_its_dirs_and_only_signals(split: Split) -> None:
+    live = split.certbot.live("mail")
+    for path in (split.certbot.config_dir, split.certbot.work_dir, split.certbot.logs_dir,
+                 live / "privkey.pem"):
+        assert os.stat(path).st_uid == split.uid, path
+    markers = sorted(p.name for p in split.spool.iterdir())
+    assert markers == ["mail", "web"]  # the deploy hook ran, as that user, and wrote there
+    assert all(p.stat().st_uid == split.uid for p in split.spool.iterdir())
+
+
+@pytest.mark.daemon
+def test_the_root_deployer_publishes_what_the_unprivileged_certbot_renews_to_postfix(
+        split: Split) -> None:
+    tls = split.out / "postfix"
+    tls.mkdir(mode=0o755)
+    seed(tls / "mail.pem")
+    with postfix(split.root / "postfix", f"{tls}/mail.pem") as daemon:
+        _conf(split.root, f"[postfix]\npreset = postfix\nlineage = mail\npath = {tls}/mail.pem\n"
+                     f"check = {daemon.check}\nreload = {daemon.reload}\n")
+        first = split.deploy(split.root)
+        assert first.returncode == 0, first.stderr
+        assert "took 2 marker(s): mail, web" in first.stdout
+        assert not any(split.spool.iterdir())
+        live = split.certbot.live("mail")
+        assert served_serial(daemon.port, "smtp") == lineage_serial(live)
+        before = lineage_serial(live)
+        split.certbot.renew("--cert-name", "mail", "--force-renewal")
+        assert [p.name for p in split.spool.iterdir()] == ["mail"]
+        second = split.deploy(split.root)
+        assert second.returncode == 0, second.stderr
+        assert served_serial(daemon.port, "smtp") == lineage_serial(live) != before
+        assert mode_of(tls / "mail.pem") == 0o600 and (tls / "mail.pem").stat().st_uid == 0
+
+
+# Each attack: (what the user does, as a shell script run as that user in the config
+# dir's copy, or a Python function run as root where the kernel would refuse the user;
+# the words the refusal must hold).
+ROOT_ONLY_KEY = "root-only.key"
+
+
+def _hard_link(config_dir: Path, n: int) -> None:
+    # protected_hardlinks stops the user linking a file it does not own; a root-owned
+    # file linked in by whatever means must be refused all the same.
+    target = config_dir / "archive" / "mail" / f"privkey{n}.pem"
+    target.unlink()
+    os.link(config_dir.parent / ROOT_ONLY_KEY, target)
+
+
+def _self_made_ca(config_dir: Path, n: int) -> None:
+    key, chain = make_chain(["mail.example.org"])
+    from cryptography.hazmat.primitives import serialization
+    pems = [c.public_bytes(serialization.Encoding.PEM) for c in chain]
+    archive = config_dir / "archive" / "mail"
+    for kind, data in (("privkey", pem_of(key)), ("cert", pems[0]),
+                       ("chain", b"".join(pems[1:])), ("fullchain", b"".join(pems))):
+        (archive / f"{kind}{n}.pem").write_bytes(data)
+
+
+# {n}: the lineage's current version, in scripts and refusals.
+ATTACKS: dict[str, tuple[str | Callable[[Path, int], None], str]] = {
+    "live link to /etc/shadow": (
+        "ln -sfn /etc/shadow live/mail/privkey.pem",
+        "live/mail/privkey.pem: points to /etc/shadow, not to ../../archive/mail/privkeyN.pem"),
+    "live link to another lineage": (
+        "ln -sfn ../../archive/web/privkey1.pem live/mail/privkey.pem",
+        "points to ../../archive/web/privkey1.pem, not to ../../archive/mail/privkeyN.pem"),
+    "archive key links to a root-only key elsewhere": (
+        f"rm archive/mail/privkey{{n}}.pem; "
+        f"ln -s ../../../{ROOT_ONLY_KEY} archive/mail/privkey{{n}}.pem",
+        f"archive/mail/privkey{{n}}.pem: links to ../../../{ROOT_ONLY_KEY}, outside the "
+        "lineage's archive"),
+    "archive dir swapped for a link to another lineage's": (
+        "mv archive/mail archive/mail.old; ln -s web archive/mail",
+        "archive/mail: is a symlink; refusing to follow it"),
+    "hard link of a root-only file": (
+        _hard_link, "archive/mail/privkey{n}.pem: owned by uid 0, not by the config dir's owner"),
+    "FIFO as the key": (
+        "rm archive/mail/privkey{n}.pem; mkfifo archive/mail/privkey{n}.pem",
+        "archive/mail/privkey{n}.pem: not a regular file"),
+    "1 GB certificate": (
+        "truncate -s 1G archive/mail/cert{n}.pem",
+        "archive/mail/cert{n}.pem: larger than 1048576 bytes"),
+    "a pair from a CA of its own": (
+        _self_made_ca, "which none of the 1 pinned issuers issued ([defaults] issuers)"),
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_an_attack_by_the_acme_client_is_refused_and_nothing_is_written(
+        split: Split, attack: str) -> None:
+    work = Path(tempfile.mkdtemp(prefix="cdk-attack-", dir=split.root))
+    work.chmod(0o755)  # the user reaches its copy of the config dir through it
+    try:
+        config_dir = work / "config"
+        subprocess.run(["cp", "-a", str(split.certbot.config_dir), str(config_dir)],
+                       check=True, timeout=60)
+        key = work / ROOT_ONLY_KEY
+        key.write_bytes(pem_of(make_chain(["secret.example.org"])[0]))
+        key.chmod(0o600)
+        issuers = work / "issuers.pem"
+        issuers.write_bytes(split.certbot.pebble.root_pem())
+        out = work / "out"
+        out.mkdir(mode=0o755)
+        targets = (f"[defaults]\nissuers = {issuers}\n\n"
+                   f"[mail]\nlineage = mail\npath = {out}/mail.pem\nformat = postfix\n")
+        _conf(work, targets)
+        first = split.deploy(work, config_dir)
+        assert first.returncode == 0, first.stderr
+        published = (out / "mail.pem").read_bytes()
+
+        how, refusal = ATTACKS[attack]
+        n = int(re.findall(r"[0-9]+", os.readlink(config_dir / "live" / "mail" /
+                                                  "privkey.pem"))[-1])
+        refusal = refusal.format(n=n)
+        if callable(how):
+            how(config_dir, n)
+        else:
+            split.as_user(how.format(n=n), config_dir)
+        _conf(work, targets + f"\n[web]\nlineage = web\npath = {out}/web.pem\n"
+                               "format = postfix\n")
+        refused = split.deploy(work, config_dir)  # bounded: a FIFO must not hang it
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("certbot-atomic-deploy: [mail]"), lines
+        assert refusal in lines[0], lines[0]
+        assert (out / "mail.pem").read_bytes() == published  # nothing written
+        assert sorted(p.name for p in out.iterdir()) == ["mail.pem", "web.pem"]  # no temp
+        assert b"PRIVATE KEY" in (out / "web.pem").read_bytes()  # the other lineage went on
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_deploy_config_the_acme_client_writes_is_refused_and_never_run(
+        split: Split) -> None:
+    """The root side's default config path is inside certbot's config dir: one written
+    there by that user is refused (its commands would run as root), and none of them runs."""
+    planted = split.certbot.config_dir / "atomic-deploy.conf"
+    proof = split.root / "pwned"
+    split.as_user(f"printf '[x]\\nlineage = mail\\npath = {split.out}/x.pem\\nformat = key\\n"
+                  f"reload = touch {proof}\\n' > {planted}", split.certbot.config_dir)
+    try:
+        result = subprocess.run([DEPLOY, "--config-dir", str(split.certbot.config_dir),
+                                 "deploy", "--all"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert f"{planted}: refused" in result.stderr
+        assert f"owned by uid {split.uid}" in result.stderr
+        assert not proof.exists() and not (split.out / "x.pem").exists()
+    finally:
+        planted.unlink()
+
+
+def test_notify_writes_only_a_marker_and_takes_no_config(split: Split, tmp_path: Path) -> None:
+    """The hook the unprivileged certbot runs reads no config (a broken one changes
+    nothing) and writes one marker, that user's, into the spool."""
+    spool = split.root / "spool-notify"
+    spool.mkdir(mode=0o755)
+    os.chown(spool, split.uid, split.gid)
+    try:
+        env = dict(os.environ, RENEWED_LINEAGE=str(split.certbot.live("mail")))
+        done = subprocess.run([*as_user(split.uid, split.gid), DEPLOY, "--config",
+                               "/nonexistent.conf", "notify", "--spool", str(spool)],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert [p.name for p in spool.iterdir()] == ["mail"]
+        assert (spool / "mail").stat().st_uid == split.uid
+        assert grp.getgrgid((spool / "mail").stat().st_gid).gr_name == split.user
+    finally:
+        shutil.rmtree(spool)
