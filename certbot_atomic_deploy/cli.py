@@ -126,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_SPOOL})")
     notify.add_argument("--lineage", metavar="NAME", default=None,
                         help="the lineage (default: from $RENEWED_LINEAGE)")
+    units = sub.add_parser("units", help=(
+        "write the systemd units of the least-privilege setup for this config: certbot's "
+        "drop-in (certbot as --user), this side's service, its path unit and timer"))
+    units.add_argument("--spool", metavar="DIR", default=DEFAULT_SPOOL,
+                       help=f"the spool notify writes to (default {DEFAULT_SPOOL})")
+    units.add_argument("--user", default="certbot",
+                       help="the user certbot runs as (default certbot)")
+    units.add_argument("--output", metavar="DIR", default=None, help=(
+        "write them into DIR (e.g. /etc/systemd/system) and create the state directory "
+        "the service writes; default: print them"))
     pending = sub.add_parser("reload-pending", help=(
         "run every pending check and reload once (certbot's --post-hook, with "
         "--defer-reloads on the deploy hook)"))
@@ -134,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                        default=False if p is parser else argparse.SUPPRESS, help=(
                            "check now, leave the reloads pending for reload-pending "
                            "(certbot runs its post-hook once, after every lineage)"))
-    add_global_options(parser, [deploy, status, rollback, check_config, pending], [
+    add_global_options(parser, [deploy, status, rollback, check_config, pending, units], [
         (("--config-dir",), {"default": None, "help": (
             f"certbot config dir (default: from $RENEWED_LINEAGE, else {DEFAULT_CONFIG_DIR})")}),
         (("--config",), {"default": None, "help": (
@@ -184,6 +194,8 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
                 chosen[t.name] = f"none yet ({exc})"
         print_config(config, chosen)
         return EXIT_OK
+    if command == "units":
+        return _units(args, deployer, config_dir)
     if command == "status":
         rows = deployer.status()
         if args.prometheus:
@@ -237,6 +249,27 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
               f"{', '.join(sorted(wanted or ()))}")
     print_result(result, as_json)
     return result.exit_code
+
+
+def _units(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
+           config_dir: str) -> int:
+    from certbot_atomic_deploy.units import all_units, write_units
+
+    program = os.path.abspath(sys.argv[0])
+    if os.path.basename(program) != PROG:  # python -m certbot_atomic_deploy
+        program = PROG
+    units = all_units(deployer.config, os.path.abspath(config_dir), args.spool, program,
+                      args.user)
+    if args.output is None:
+        for name, text in units.items():
+            print(f"# --- {name}\n{text}")
+        return EXIT_OK
+    deployer.state.create()
+    for path in write_units(args.output, units):
+        print(f"wrote {path}")
+    print("then: systemctl daemon-reload; systemctl enable --now certbot-atomic-deploy.path "
+          "certbot-atomic-deploy.timer")
+    return EXIT_OK
 
 
 def _write_metrics(deployer: Deployer, result: RunResult) -> None:

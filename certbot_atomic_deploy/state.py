@@ -111,6 +111,11 @@ class StateDir:
     def _open(self) -> int:
         return open_for_writing(self.path, create_mode=STATE_DIR_MODE)
 
+    def create(self) -> None:
+        """Make the directory if it is missing (``units``: a hardened service may
+        write in it, but not create it)."""
+        os.close(self._open())
+
     def _all(self) -> dict[str, TargetState]:
         """Every target's state, read once. An unreadable file raises, now and on every
         later call: a run never writes over a state it could not read."""

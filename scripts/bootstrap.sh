@@ -21,6 +21,7 @@ command -v groupadd >/dev/null 2>&1 || missing+=(passwd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v getfacl >/dev/null 2>&1 || missing+=(acl)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies the units
 # The Debian 12 row: Debian's certbot and its libraries, Debian's pytest, and the
 # tools a Debian package build uses (setuptools, wheel, build), never PyPI's.
 [ -x /usr/bin/certbot ] || missing+=(certbot)

@@ -274,3 +274,57 @@ def test_notify_writes_only_a_marker_and_takes_no_config(split: Split, tmp_path:
         assert grp.getgrgid((spool / "mail").stat().st_gid).gr_name == split.user
     finally:
         shutil.rmtree(spool)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_units_are_made_from_the_config_run_what_the_tests_run_and_verify(
+        split: Split) -> None:
+    """`units` writes certbot's drop-in, the root service (exactly ``root_deploy``'s
+    command line; writable: the target directories, its state, the spool), the path unit
+    and the timer; systemd-analyze verify says nothing about any of them; a second run
+    writes the same bytes."""
+    work = Path(tempfile.mkdtemp(prefix="cdk-units-", dir=split.root))
+    try:
+        conf_dir, out = work / "conf", work / "srv"
+        for path in (conf_dir, out / "postfix", out / "web"):
+            path.mkdir(parents=True, mode=0o755)
+        _conf(conf_dir, f"[defaults]\nmetrics_file = {out}/metrics/certs.prom\n\n"
+                        f"[postfix]\nlineage = mail\npath = {out}/postfix/mail.pem\n"
+                        f"format = postfix\n\n[web]\nlineage = web\ndirectory = {out}/web/tls\n")
+        (out / "metrics").mkdir(mode=0o755)
+        units = work / "units"
+        config = conf_dir / "atomic-deploy.conf"
+        command = [DEPLOY, "--config", str(config), "--config-dir",
+                   str(split.certbot.config_dir), "units", "--output", str(units),
+                   "--spool", str(split.spool), "--user", split.user]
+        made = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        names = sorted(str(p.relative_to(units)) for p in units.rglob("*") if p.is_file())
+        assert names == ["certbot-atomic-deploy.path", "certbot-atomic-deploy.service",
+                         "certbot-atomic-deploy.timer", "certbot.service.d/least-privilege.conf"]
+        service = (units / "certbot-atomic-deploy.service").read_text()
+        exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))
+        assert exec_start == "ExecStart=" + " ".join(
+            root_deploy(config, split.certbot.config_dir, split.spool))
+        writable = next(line for line in service.splitlines()
+                        if line.startswith("ReadWritePaths=")).split("=", 1)[1].split()
+        assert sorted(writable) == sorted([f"{conf_dir}/atomic-deploy.state", f"{out}/metrics",
+                                           f"{out}/postfix", f"{out}/web/tls", str(split.spool)])
+        assert mode_of(conf_dir / "atomic-deploy.state") == 0o700  # made for the service
+        dropin = (units / "certbot.service.d" / "least-privilege.conf").read_text()
+        assert f"User={split.user}\n" in dropin and "CapabilityBoundingSet=\n" in dropin
+        assert f"DirectoryNotEmpty={split.spool}\n" in (
+            units / "certbot-atomic-deploy.path").read_text()
+
+        before = {n: (units / n).read_bytes() for n in names}
+        again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and {n: (units / n).read_bytes() for n in names} == before
+
+        shutil.copy("/lib/systemd/system/certbot.service", units)  # Debian's, for the drop-in
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", "certbot.service", "certbot-atomic-deploy.service",
+             "certbot-atomic-deploy.path", "certbot-atomic-deploy.timer"],
+            cwd=units, capture_output=True, text=True, timeout=60)
+        assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
