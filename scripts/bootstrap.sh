@@ -22,6 +22,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v getfacl >/dev/null 2>&1 || missing+=(acl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies the units
+# The units booted for real: a Debian 12 root (below) in systemd-nspawn.
+command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 # The Debian 12 row: Debian's certbot and its libraries, Debian's pytest, and the
 # tools a Debian package build uses (setuptools, wheel, build), never PyPI's.
 [ -x /usr/bin/certbot ] || missing+=(certbot)
@@ -82,6 +85,24 @@ for pkg in exim4-daemon-light opensmtpd courier-imap sendmail-bin sendmail-base 
     dpkg -x "$unpacked/debs/${pkg}_"*.deb "$unpacked/root"
     printf '%s\n' "$version" >"$stamp"
 done
+
+# The Debian 12 the unit tests boot with systemd-nspawn (tests/support/container.py):
+# built once with mmdebstrap from the archive apt uses, rebuilt when its package list
+# changes; each boot gets a volatile overlay, so it stays as built.
+ct_root="$unpacked/nspawn-root"
+ct_packages="systemd,systemd-sysv,dbus,python3,python3-cryptography,python3-configobj,postfix,openssl"
+if [ "$(cat "$ct_root.packages" 2>/dev/null)" != "$ct_packages" ]; then
+    mirror="$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null |
+              grep -v security | head -n 1)"
+    echo "building the container root $ct_root (mmdebstrap, about 30 s)"
+    rm -rf "$ct_root" "$ct_root.new" "$unpacked/scratch"
+    mkdir -p "$unpacked/scratch"
+    TMPDIR="$unpacked/scratch" mmdebstrap --quiet --variant=minbase --include="$ct_packages" \
+        bookworm "$ct_root.new" "${mirror:-http://deb.debian.org/debian}"
+    rm -rf "$unpacked/scratch"
+    mv "$ct_root.new" "$ct_root"
+    printf '%s\n' "$ct_packages" >"$ct_root.packages"
+fi
 
 # An editable install in setuptools' strict mode: a .pth naming a tree of links to
 # the sources, so starting python costs what it costs with a real install (the

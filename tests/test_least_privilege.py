@@ -20,14 +20,18 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support import container
 from tests.support.daemons import lineage_serial, postfix, seed, served_serial
+from tests.support.figures import report
 from tests.support.pki import make_chain, pem_of
+from tests.support.procs import wait_until
 from tests.support.site import DEPLOY, mode_of
 from tests.support.testbed import Certbot, Pebble
 from tests.support.users import as_user
@@ -328,3 +332,120 @@ def test_units_are_made_from_the_config_run_what_the_tests_run_and_verify(
         assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _installed_copy(directory: Path) -> Path:
+    """This run's certbot_atomic_deploy and daemon_keys (the installed wheel's, or the
+    checkout's) copied into DIRECTORY/lib, with a launcher DIRECTORY/bin/certbot-atomic-deploy
+    on the system python3 (in the container: Debian's, with Debian's cryptography)."""
+    import certbot_atomic_deploy
+    import daemon_keys
+    for package in (certbot_atomic_deploy, daemon_keys):
+        source = Path(str(package.__file__)).parent
+        shutil.copytree(source, directory / "lib" / source.name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    launcher = directory / "bin" / "certbot-atomic-deploy"
+    launcher.parent.mkdir()
+    launcher.write_text(f"#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, "
+                        f"'{directory}/lib')\nfrom certbot_atomic_deploy.cli import main\n"
+                        "sys.exit(main())\n")
+    launcher.chmod(0o755)
+    subprocess.run(["chmod", "-R", "go+rX", str(directory)], check=True)
+    return launcher
+
+
+@pytest.mark.daemon
+@pytest.mark.skipif(not container.ROOT.is_dir() or shutil.which("systemd-nspawn") is None,
+                    reason=f"{container.ROOT} and systemd-nspawn: scripts/bootstrap.sh")
+def test_the_shipped_units_booted_publish_what_an_unprivileged_certbot_renews(
+        pebble: Pebble, outsider_python: str, user: str, run_dir: Path) -> None:
+    """Debian 12 booted in systemd-nspawn runs the units `units` made and a real Postfix;
+    certbot runs here as its own user on a config dir the container sees. Its notify hook
+    drops a marker; the path unit starts the root service, which publishes and reloads
+    Postfix (the new serial served). A marker dropped while the service runs starts it
+    again; one the path unit missed is taken by the timer."""
+    entry = pwd.getpwnam(user)
+    uid, gid = entry.pw_uid, entry.pw_gid
+    home, spool = run_dir / "certbot", run_dir / "spool"
+    for path in (home, spool, home / "config"):
+        path.mkdir(mode=0o755)
+        os.chown(path, uid, gid)
+    launcher = _installed_copy(run_dir / "deployer")
+    bundle = run_dir / "acme-ca.pem"
+    shutil.copyfile(pebble.ca_bundle, bundle)
+    bundle.chmod(0o644)
+    certbot = Certbot(pebble=pebble, root=home, as_user=as_user(uid, gid),
+                      extra_env={"REQUESTS_CA_BUNDLE": str(bundle), "PATH": HOOK_PATH})
+    conf = "/etc/certbot-atomic-deploy/atomic-deploy.conf"
+    pem = "/etc/postfix/tls/mail.pem"
+    seed(run_dir / "seed.pem")
+    with container.booted([run_dir]) as ct:
+        ct.run("mkdir", "-p", "/etc/certbot-atomic-deploy", "/etc/postfix/tls")
+        ct.run("sh", "-c", f"cat > {conf}", input=f"[postfix]\npreset = postfix\n"
+                                                  f"lineage = mail\npath = {pem}\n")
+        ct.run("install", "-m", "600", str(run_dir / "seed.pem"), pem)
+        ct.run("postconf", "-e", f"smtpd_tls_chain_files = {pem}", "smtpd_tls_security_level "
+               "= may", "inet_interfaces = loopback-only", "inet_protocols = ipv4")
+        ct.run("systemctl", "restart", "postfix")
+        ct.run(str(launcher), "--config", conf, "--config-dir", str(certbot.config_dir),
+               "units", "--output", "/etc/systemd/system", "--spool", str(spool), "--user",
+               str(uid))
+        ct.run("systemctl", "daemon-reload")
+        ct.run("systemctl", "enable", "--now", "certbot-atomic-deploy.path",
+               "certbot-atomic-deploy.timer")
+
+        def serving() -> int | None:
+            hello = ct.in_network("openssl", "s_client", "-connect", "127.0.0.1:25",
+                                  "-starttls", "smtp")
+            cert = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=hello.stdout,
+                                  capture_output=True, timeout=30)
+            return (int(cert.stdout.decode().split("=", 1)[1], 16) if cert.returncode == 0
+                    else None)
+
+        def published_within(what: str) -> None:
+            marker = spool / "mail"
+            signalled = marker.stat().st_mtime
+            wanted = lineage_serial(certbot.live("mail"))
+            wait_until(lambda: serving() == wanted, 60, f"postfix serving {what}",
+                       interval=0.02)
+            served = time.time()
+            report(f"least privilege, units booted in nspawn: {what}: certbot's notify to "
+                   f"Postfix serving the new serial {served - signalled:.2f} s")
+
+        certbot.certonly("mail", ["mail.example.org"], "--deploy-hook",
+                         f"certbot-atomic-deploy notify --spool {spool}")
+        published_within("issuance")
+        certbot.renew("--force-renewal")
+        published_within("renewal")
+        wait_until(lambda: not any(spool.iterdir()), 30, "the spool emptied")
+
+        # A marker dropped while the service runs is not lost: the path unit starts it again.
+        # The renewal's run has taken its marker and published when the file changes; its
+        # check then sleeps 2 s, and the marker dropped then must start another run.
+        ct.run("sh", "-c", f"cat >> {conf}", input="check = sleep 2\n")
+        certbot.renew("--force-renewal")
+        renewed = lineage_serial(certbot.live("mail"))
+
+        def published() -> int | None:
+            cert = ct.run("openssl", "x509", "-noout", "-serial", "-in", pem, check=False)
+            return int(cert.stdout.split("=", 1)[1], 16) if cert.returncode == 0 else None
+        wait_until(lambda: published() == renewed, 30, "the renewal published", interval=0.02)
+        assert ct.run("systemctl", "is-active", "certbot-atomic-deploy.service",
+                      check=False).stdout.strip() == "activating"  # in its 2 s check
+        notify = [*as_user(uid, gid), DEPLOY, "notify", "--spool", str(spool)]
+        subprocess.run([*notify, "--lineage", "during"], check=True, timeout=60)
+        journal = ["journalctl", "-q", "-u", "certbot-atomic-deploy.service", "-o", "cat"]
+        wait_until(lambda: "took 1 marker(s): during" in ct.run(*journal).stdout, 60,
+                   "a run taking the marker dropped during the previous run")
+
+        # One the path unit never saw (it was stopped) is taken by the timer.
+        ct.run("systemctl", "stop", "certbot-atomic-deploy.path")
+        subprocess.run([*notify, "--lineage", "missed"], check=True, timeout=60)
+        ct.run("mkdir", "-p", "/etc/systemd/system/certbot-atomic-deploy.timer.d")
+        ct.run("sh", "-c", "cat > /etc/systemd/system/certbot-atomic-deploy.timer.d/soon.conf",
+               input="[Timer]\nOnActiveSec=1s\nRandomizedDelaySec=0\n")  # due now
+        ct.run("systemctl", "daemon-reload")
+        ct.run("systemctl", "restart", "certbot-atomic-deploy.timer")
+        wait_until(lambda: "took 1 marker(s): missed" in ct.run(*journal).stdout, 60,
+                   "the timer's run taking the missed marker")
+        assert not any(spool.iterdir())
