@@ -62,7 +62,12 @@ certbot-atomic-deploy rollback postfix
 
 certbot renew --deploy-hook 'certbot-atomic-deploy --defer-reloads' --post-hook
 'certbot-atomic-deploy reload-pending': each distinct reload runs once per certbot run,
-after every renewed lineage's checks."""),
+after every renewed lineage's checks.
+
+An unprivileged certbot: its deploy hook is certbot-atomic-deploy notify (a marker in
+/var/spool/certbot-atomic-deploy); certbot-atomic-deploy --config
+/etc/certbot-atomic-deploy/atomic-deploy.conf units --output /etc/systemd/system writes
+the units whose root service runs deploy --spool when a marker appears."""),
     ("Configuration", """CONFIG_DIR/atomic-deploy.conf holds one section per target:
 lineage = NAME or domains = GLOB; path = FILE with format = key, cert, chain,
 fullchain, postfix (key, then the full chain), haproxy (full chain, then the key) or
@@ -71,7 +76,8 @@ owner, group, mode (of files that hold the key; at most 0640); check and reload
 commands; timeout (seconds each command may run, default 300: then its whole process
 group is killed); reader (the daemon's user, who must be able to open the published key
 before any check or reload); keep; metrics_file (in [defaults] only: a node_exporter
-textfile rewritten by every run); preset = postfix, dovecot, exim, haproxy, nginx, apache, ... A
+textfile rewritten by every run); issuers (in [defaults] only: a root-owned file of CA
+certificates each lineage's chain must end at); preset = postfix, dovecot, exim, haproxy, nginx, apache, ... A
 [defaults] section applies to every target."""),
     ("Exit status", EXIT_STATUS),
     ("Files", """CONFIG_DIR/atomic-deploy.conf: the targets.
