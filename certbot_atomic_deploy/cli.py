@@ -77,8 +77,8 @@ commands; timeout (seconds each command may run, default 300: then its whole pro
 group is killed); reader (the daemon's user, who must be able to open the published key
 before any check or reload); keep; metrics_file (in [defaults] only: a node_exporter
 textfile rewritten by every run); issuers (in [defaults] only: a root-owned file of CA
-certificates each lineage's chain must end at); preset = postfix, dovecot, exim, haproxy, nginx, apache, ... A
-[defaults] section applies to every target."""),
+certificates each lineage's chain must end at); preset = postfix, dovecot, exim,
+haproxy, nginx, apache, ... A [defaults] section applies to every target."""),
     ("Exit status", EXIT_STATUS),
     ("Files", """CONFIG_DIR/atomic-deploy.conf: the targets.
 
