@@ -449,3 +449,49 @@ def test_the_shipped_units_booted_publish_what_an_unprivileged_certbot_renews(
         wait_until(lambda: "took 1 marker(s): missed" in ct.run(*journal).stdout, 60,
                    "the timer's run taking the missed marker")
         assert not any(spool.iterdir())
+
+
+# Run as the daemon's user: open key and chain for reading, then each write must fail
+# with EACCES (write the key, create beside current/ or in it, rename or remove).
+READ_ONLY_PROBE = """
+import os, sys
+cur = os.path.join(sys.argv[1], "current")
+for f in ("privkey.pem", "fullchain.pem"):
+    os.close(os.open(os.path.join(cur, f), os.O_RDONLY))
+new = os.O_WRONLY | os.O_CREAT
+tries = [lambda: os.open(os.path.join(cur, "privkey.pem"), os.O_WRONLY),
+         lambda: os.open(os.path.join(sys.argv[1], "new"), new, 0o600),
+         lambda: os.open(os.path.join(cur, "x"), new, 0o600),
+         lambda: os.rename(cur, cur + ".old"),
+         lambda: os.unlink(os.path.join(cur, "privkey.pem"))]
+for i, attempt in enumerate(tries):
+    try:
+        attempt()
+    except PermissionError:
+        continue
+    sys.exit(f"write {i} succeeded")
+"""
+
+
+def test_the_daemons_user_reads_its_key_and_can_write_nothing_there(
+        split: Split, user: str, group: str) -> None:
+    """Servers only read: the daemon's user (in the target's group) opens the published key
+    and certificate, and can neither write them nor add, replace or remove anything in the
+    target directory."""
+    work = Path(tempfile.mkdtemp(prefix="cdk-reader-", dir=split.root))
+    work.chmod(0o755)
+    try:
+        subprocess.run(["usermod", "-a", "-G", group, user], check=True, timeout=30)
+        out = work / "tls"
+        out.mkdir(mode=0o755)
+        _conf(work, f"[daemon]\nlineage = mail\ndirectory = {out}\ngroup = {group}\n"
+                    f"mode = 0640\nreader = {user}\n")
+        done = split.deploy(work)
+        assert done.returncode == 0, done.stderr
+        entry = pwd.getpwnam(user)
+        result = subprocess.run([*as_user(entry.pw_uid, entry.pw_gid, [group]),
+                                 "/usr/bin/python3", "-c", READ_ONLY_PROBE, str(out)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
