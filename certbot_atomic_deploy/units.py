@@ -64,6 +64,11 @@ RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
 PrivateTmp=yes
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
+# certbot gives a renewed key its predecessor's owner and mode with chown (to itself:
+# without CAP_CHOWN the kernel refuses anything else); without it, it dies mid-renewal.
+SystemCallFilter=@chown
+# A call outside the filter fails; it does not kill certbot halfway through a lineage.
+SystemCallErrorNumber=EPERM
 UMask=0022
 {_HARDENING}"""
 

@@ -90,7 +90,7 @@ done
 # built once with mmdebstrap from the archive apt uses, rebuilt when its package list
 # changes; each boot gets a volatile overlay, so it stays as built.
 ct_root="$unpacked/nspawn-root"
-ct_packages="systemd,systemd-sysv,dbus,python3,python3-cryptography,python3-configobj,postfix,openssl"
+ct_packages="systemd,systemd-sysv,dbus,python3,python3-cryptography,python3-configobj,postfix,openssl,certbot,pebble"
 if [ "$(cat "$ct_root.packages" 2>/dev/null)" != "$ct_packages" ]; then
     mirror="$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null |
               grep -v security | head -n 1)"

@@ -33,7 +33,7 @@ from tests.support.figures import report
 from tests.support.pki import make_chain, pem_of
 from tests.support.procs import wait_until
 from tests.support.site import DEPLOY, mode_of
-from tests.support.testbed import Certbot, Pebble
+from tests.support.testbed import PEBBLE_ENV, Certbot, Pebble, write_pebble_config
 from tests.support.users import as_user
 
 HOOK_PATH = f"{Path(DEPLOY).parent}:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -495,3 +495,86 @@ def test_the_daemons_user_reads_its_key_and_can_write_nothing_there(
         assert result.returncode == 0, result.stderr
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.daemon
+@pytest.mark.skipif(not (container.ROOT / "usr/bin/certbot").exists()
+                    or shutil.which("systemd-nspawn") is None,
+                    reason=f"{container.ROOT} (with certbot and pebble) and systemd-nspawn: "
+                           "scripts/bootstrap.sh")
+def test_debians_certbot_service_renews_as_its_user_under_the_drop_in(run_dir: Path) -> None:
+    """All in the booted Debian 12: its own certbot package and pebble; certbot.service runs
+    as the certbot user under the drop-in `units` wrote (only a test drop-in adds the CA
+    bundle and --force-renewal); its notify hook starts the root service, and Postfix
+    serves the renewed certificate."""
+    launcher = _installed_copy(run_dir / "deployer")
+    pebble_dir = run_dir / "pebble"
+    pebble_dir.mkdir(mode=0o755)
+    pebble_config, ca = write_pebble_config(pebble_dir, 14000, 15000)
+    ca.chmod(0o644)
+    seed(run_dir / "seed.pem")
+    conf = "/etc/certbot-atomic-deploy/atomic-deploy.conf"
+    pem = "/etc/postfix/tls/mail.pem"
+    spool = "/var/spool/certbot-atomic-deploy"
+    with container.booted([run_dir]) as ct:
+        ct.run("systemctl", "stop", "certbot.timer")  # Debian's schedule: not this test's
+        ct.run("systemd-run", "--unit=pebble", *(f"--setenv={k}={v}" for k, v in
+                                                  PEBBLE_ENV.items()),
+               "/usr/bin/pebble", "-config", str(pebble_config))
+        ct.run("useradd", "--system", "--user-group", "--home-dir", "/var/lib/letsencrypt",
+               "--no-create-home", "--shell", "/usr/sbin/nologin", "certbot")
+        ct.run("install", "-d", "-o", "certbot", "-g", "certbot", "-m", "0755",
+               "/etc/letsencrypt", "/etc/letsencrypt/renewal-hooks",
+               "/etc/letsencrypt/renewal-hooks/deploy", "/var/lib/letsencrypt",
+               "/var/log/letsencrypt", spool)
+        ct.run("sh", "-c", "cat > /etc/letsencrypt/renewal-hooks/deploy/notify && chmod 755 "
+               "/etc/letsencrypt/renewal-hooks/deploy/notify",
+               input=f"#!/bin/sh\nexec {launcher} notify\n")
+        ct.run("mkdir", "-p", "/etc/certbot-atomic-deploy", "/etc/postfix/tls")
+        ct.run("sh", "-c", f"cat > {conf}", input=f"[postfix]\npreset = postfix\n"
+                                                  f"lineage = mail\npath = {pem}\n")
+        ct.run("install", "-m", "600", str(run_dir / "seed.pem"), pem)
+        ct.run("postconf", "-e", f"smtpd_tls_chain_files = {pem}", "smtpd_tls_security_level "
+               "= may", "inet_interfaces = loopback-only", "inet_protocols = ipv4")
+        ct.run("systemctl", "restart", "postfix")
+        wait_until(lambda: ct.run("python3", "-c", "import socket; socket.create_connection("
+                                  "('127.0.0.1', 14000), 1)", check=False).returncode == 0,
+                   30, "pebble listening in the container")
+        ct.run("setpriv", "--reuid=certbot", "--regid=certbot", "--init-groups", "env",
+               f"REQUESTS_CA_BUNDLE={ca}", "certbot", "certonly", "--standalone",
+               "--http-01-port", "8080", "--server", "https://127.0.0.1:14000/dir", "-d",
+               "mail.example.org", "--cert-name", "mail", "--non-interactive", "--agree-tos",
+               "--register-unsafely-without-email",
+               # renewal-hooks/deploy/ runs on renewals only: a new certificate says so itself
+               "--deploy-hook", f"{launcher} notify", timeout=120)
+        ct.run(str(launcher), "--config", conf, "--config-dir", "/etc/letsencrypt", "units",
+               "--output", "/etc/systemd/system")
+        ct.run("sh", "-c", "cat > /etc/systemd/system/certbot.service.d/zz-test.conf",
+               input=f"[Service]\nEnvironment=REQUESTS_CA_BUNDLE={ca}\nExecStart=\n"
+                     "ExecStart=/usr/bin/certbot -q renew --no-random-sleep-on-renew "
+                     "--force-renewal\n")
+        ct.run("systemctl", "daemon-reload")
+        ct.run("systemctl", "enable", "--now", "certbot-atomic-deploy.path",
+               "certbot-atomic-deploy.timer")
+
+        def lineage() -> int:
+            out = ct.run("openssl", "x509", "-noout", "-serial", "-in",
+                         "/etc/letsencrypt/live/mail/cert.pem").stdout
+            return int(out.split("=", 1)[1], 16)
+
+        def serving() -> int | None:
+            hello = ct.in_network("openssl", "s_client", "-connect", "127.0.0.1:25",
+                                  "-starttls", "smtp")
+            cert = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=hello.stdout,
+                                  capture_output=True, timeout=30)
+            return (int(cert.stdout.decode().split("=", 1)[1], 16) if cert.returncode == 0
+                    else None)
+
+        issued = lineage()
+        wait_until(lambda: serving() == issued, 60, "postfix serving the issued certificate")
+        ct.run("systemctl", "start", "certbot.service", timeout=180)  # oneshot: waits
+        renewed = lineage()
+        assert renewed != issued
+        owner = ct.run("stat", "-c", "%U", "/etc/letsencrypt/archive/mail/privkey2.pem")
+        assert owner.stdout.strip() == "certbot"  # written by certbot.service, as certbot
+        wait_until(lambda: serving() == renewed, 60, "postfix serving the renewal")

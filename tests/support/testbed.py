@@ -68,6 +68,32 @@ def _write_listener_certificate(directory: Path) -> tuple[Path, Path, Path]:
     return ca_path, cert_path, key_path
 
 
+# Validation always succeeds (nothing is ever contacted), without delays.
+PEBBLE_ENV = {"PEBBLE_VA_ALWAYS_VALID": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+              "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_AUTHZREUSE": "100"}
+
+
+def write_pebble_config(workdir: Path, acme_port: int, management_port: int
+                        ) -> tuple[Path, Path]:
+    """pebble's config file and its listener's certificate in ``workdir``, for
+    127.0.0.1; returns (config file, the listener's CA certificate)."""
+    ca, cert, key = _write_listener_certificate(workdir)
+    config = {"pebble": {
+        "listenAddress": f"127.0.0.1:{acme_port}",
+        "managementListenAddress": f"127.0.0.1:{management_port}",
+        "certificate": str(cert),
+        "privateKey": str(key),
+        # Never contacted: PEBBLE_VA_ALWAYS_VALID=1 skips validation.
+        "httpPort": free_port(),
+        "tlsPort": free_port(),
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+    }}
+    config_path = workdir / "pebble-config.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    return config_path, ca
+
+
 @dataclass
 class Pebble:
     """A running pebble process. Start with :meth:`start`, stop with :meth:`stop`."""
@@ -90,24 +116,11 @@ class Pebble:
         if binary is None:
             raise TestbedError("pebble is not installed (apt-get install pebble)")
         workdir.mkdir(parents=True, exist_ok=True)
-        ca, cert, key = _write_listener_certificate(workdir)
-        self = cls(workdir=workdir, acme_port=free_port(), management_port=free_port(),
+        acme_port, management_port = free_port(), free_port()
+        config_path, ca = write_pebble_config(workdir, acme_port, management_port)
+        self = cls(workdir=workdir, acme_port=acme_port, management_port=management_port,
                    ca_bundle=ca, log_path=workdir / "pebble.log")
-        config = {"pebble": {
-            "listenAddress": f"127.0.0.1:{self.acme_port}",
-            "managementListenAddress": f"127.0.0.1:{self.management_port}",
-            "certificate": str(cert),
-            "privateKey": str(key),
-            # Never contacted: PEBBLE_VA_ALWAYS_VALID=1 skips validation.
-            "httpPort": free_port(),
-            "tlsPort": free_port(),
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }}
-        config_path = workdir / "pebble-config.json"
-        config_path.write_text(json.dumps(config, indent=2))
-        env = dict(os.environ, PEBBLE_VA_ALWAYS_VALID="1", PEBBLE_WFE_NONCEREJECT="0",
-                   PEBBLE_VA_NOSLEEP="1", PEBBLE_AUTHZREUSE="100")
+        env = dict(os.environ, **PEBBLE_ENV)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [binary, "-config", str(config_path)], env=env, cwd=workdir,
