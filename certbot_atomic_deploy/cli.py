@@ -29,7 +29,6 @@ from certbot_atomic_deploy.report import (
     print_result,
     print_status,
 )
-from certbot_atomic_deploy.spool import DEFAULT_SPOOL
 from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
 from daemon_keys.errors import (
     EXIT_FAILED,
@@ -127,16 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
         "an unprivileged certbot's deploy hook: drop a marker for the renewed lineage into "
         "the spool, for the root side's 'deploy --spool'; reads no config, writes nothing "
         "else"))
-    notify.add_argument("--spool", metavar="DIR", default=DEFAULT_SPOOL,
+    notify.add_argument("--spool", metavar="DIR", default=spool.DEFAULT_SPOOL,
                         help=f"the spool directory, owned by certbot's user (default "
-                             f"{DEFAULT_SPOOL})")
+                             f"{spool.DEFAULT_SPOOL})")
     notify.add_argument("--lineage", metavar="NAME", default=None,
                         help="the lineage (default: from $RENEWED_LINEAGE)")
     units = sub.add_parser("units", help=(
         "write the systemd units of the least-privilege setup for this config: certbot's "
         "drop-in (certbot as --user), this side's service, its path unit and timer"))
-    units.add_argument("--spool", metavar="DIR", default=DEFAULT_SPOOL,
-                       help=f"the spool notify writes to (default {DEFAULT_SPOOL})")
+    units.add_argument("--spool", metavar="DIR", default=spool.DEFAULT_SPOOL,
+                       help=f"the spool notify writes to (default {spool.DEFAULT_SPOOL})")
     units.add_argument("--user", default="certbot",
                        help="the user certbot runs as (default certbot)")
     units.add_argument("--output", metavar="DIR", default=None, help=(
@@ -246,8 +245,9 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
             if command is not None and args.spool is not None:
                 # Before the run: a marker dropped while it runs starts the next one.
                 taken = spool.take(args.spool)
-                print(f"spool {args.spool}: took {len(taken)} marker(s)"
-                      f"{': ' + ', '.join(taken) if taken else ''}")
+                if not as_json:
+                    print(f"spool {args.spool}: took {len(taken)} marker(s)"
+                          f"{': ' + ', '.join(taken) if taken else ''}")
             result = deployer.deploy(wanted, reload=not args.defer_reloads)
             _write_metrics(deployer, result)
     if command is not None and not result.outcomes and not as_json:
