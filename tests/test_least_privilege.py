@@ -578,3 +578,24 @@ def test_debians_certbot_service_renews_as_its_user_under_the_drop_in(run_dir: P
         owner = ct.run("stat", "-c", "%U", "/etc/letsencrypt/archive/mail/privkey2.pem")
         assert owner.stdout.strip() == "certbot"  # written by certbot.service, as certbot
         wait_until(lambda: serving() == renewed, 60, "postfix serving the renewal")
+
+
+def test_a_renewal_conf_the_acme_client_writes_runs_nothing_as_root(split: Split) -> None:
+    """The root side never reads certbot's renewal confs: hooks that user writes there
+    (renew_hook, pre_hook, post_hook) run as that user in its own renewals or not at all,
+    never in the root deployer's run."""
+    proof = split.root / "renewal-hook-ran"
+    conf = split.certbot.config_dir / "renewal" / "mail.conf"
+    original = conf.read_text()
+    planted = original.replace("[renewalparams]", "[renewalparams]\n" + "".join(
+        f"{hook} = touch {proof}\n" for hook in ("renew_hook", "pre_hook", "post_hook")))
+    split.as_user(f"cat > {conf} <<'EOF'\n{planted}EOF\n", split.certbot.config_dir)
+    work = Path(tempfile.mkdtemp(prefix="cdk-renewal-", dir=split.root))
+    try:
+        _conf(work, f"[mail]\nlineage = mail\npath = {work}/mail.pem\nformat = postfix\n")
+        done = split.deploy(work)
+        assert done.returncode == 0, done.stderr
+        assert (work / "mail.pem").exists() and not proof.exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        split.as_user(f"cat > {conf} <<'EOF'\n{original}EOF\n", split.certbot.config_dir)
