@@ -35,7 +35,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # any of ROOT_FIXTURES, or is certbot-facing, needs root. A test that needs either
 # without such a fixture says so with the marker.
 CERTBOT_FIXTURES = frozenset({"pebble", "certbot"})
-ROOT_FIXTURES = CERTBOT_FIXTURES | {"site", "open_tmp", "group", "user", "outsider_python"}
+ROOT_FIXTURES = CERTBOT_FIXTURES | {"site", "open_tmp", "run_dir", "group", "user",
+                                     "outsider_python"}
 ROOT_ONLY = ("needs root (real owners, users, groups, certbot and pebble): "
              "the root tier; run the suite as root for it")
 
