@@ -20,11 +20,12 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from certbot_atomic_deploy import spool
-from certbot_atomic_deploy.config import FileOutput, load, read_password
+from certbot_atomic_deploy.config import FileOutput, load, read_password, store_dir_of
 from certbot_atomic_deploy.deploy import Deployer
 from certbot_atomic_deploy.report import (
     PROG,
     RunResult,
+    failure_lines,
     print_config,
     print_result,
     print_status,
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     units.add_argument("--output", metavar="DIR", default=None, help=(
         "write them into DIR (e.g. /etc/systemd/system) and create the state directory "
         "the service writes; default: print them"))
+    receive = sub.add_parser("receive", help=(
+        "read one push request (stage, commit, abort) on stdin and answer in JSON: the "
+        "forced command of a sender's key in authorized_keys; --config is this host's own"))
     pending = sub.add_parser("reload-pending", help=(
         "run every pending check and reload once (certbot's --post-hook, with "
         "--defer-reloads on the deploy hook)"))
@@ -149,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                        default=False if p is parser else argparse.SUPPRESS, help=(
                            "check now, leave the reloads pending for reload-pending "
                            "(certbot runs its post-hook once, after every lineage)"))
-    add_global_options(parser, [deploy, status, rollback, check_config, pending, units], [
+    add_global_options(parser, [deploy, status, rollback, check_config, pending, units,
+                                receive], [
         (("--config-dir",), {"default": None, "help": (
             f"certbot config dir (default: from $RENEWED_LINEAGE, else {DEFAULT_CONFIG_DIR})")}),
         (("--config",), {"default": None, "help": (
@@ -182,10 +187,17 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     if args.command is None and not os.environ.get("RENEWED_LINEAGE"):
         raise UsageError("no command given and $RENEWED_LINEAGE is not set (run "
                          "'deploy --all', or use this as certbot's --deploy-hook)")
-    config_dir = _config_dir(args)
+    if args.command == "receive":
+        if not args.config:
+            raise UsageError("receive: give this host's receiver config: --config FILE")
+        config_dir = store_dir_of(args.config)  # what it is sent: no target may go there
+    else:
+        config_dir = _config_dir(args)
     config = load(args.config or os.path.join(config_dir, CONFIG_NAME), config_dir)
     command = args.command
     deployer = Deployer(config, config_dir)
+    if command == "receive":
+        return _receive(args, deployer)
     if command == "check-config":
         chosen = {}
         for t in config.targets:  # say now what a deploy would refuse
@@ -254,6 +266,49 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         print(f"nothing to deploy: no target in {config.path} takes "
               f"{', '.join(sorted(wanted or ()))}")
     print_result(result, as_json)
+    return result.exit_code
+
+
+def _receive(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int:
+    """One request from stdin, one JSON line on stdout (and a failure's line on stderr)."""
+    from certbot_atomic_deploy import receive
+
+    try:
+        request = receive.read_request(sys.stdin.buffer)
+        config, store = deployer.config, deployer.config_dir
+        takers = [t for t in config.targets if t.lineage == request.lineage]
+        if not takers:
+            raise UsageError(f"receive: no target in {config.path} takes lineage "
+                             f"{request.lineage}; refused")
+        where = f"{request.lineage} v{request.version}"
+        if request.action == "stage":
+            from certbot_atomic_deploy.validate import require_covered, validate
+            material = receive.material_of(request)
+            info = validate(material, None, config.issuers)
+            for target in takers:
+                require_covered(info, target.domains, material.sources["cert"])
+            with deployer.state.lock(args.lock_timeout):
+                receive.stage(store, material)
+            print(receive.answer(True, action="stage", lineage=request.lineage,
+                                 version=request.version, serial=info.serial))
+            return EXIT_OK
+        with deployer.state.lock(args.lock_timeout):
+            if request.action == "abort":
+                removed = receive.abort(store, request.lineage, request.version)
+                print(receive.answer(True, action="abort", lineage=request.lineage,
+                                     version=request.version, removed=removed))
+                return EXIT_OK
+            receive.commit(store, request.lineage, request.version)
+            result = deployer.deploy({request.lineage})
+            _write_metrics(deployer, result)
+    except KeysError as exc:
+        print(receive.answer(False, error=str(exc)))
+        raise
+    print(receive.answer(result.ok, action="commit", lineage=request.lineage,
+                         version=request.version, targets=[vars(o) for o in result.outcomes],
+                         commands=[vars(c) for c in result.commands]))
+    for line in failure_lines(result):
+        print(f"{PROG}: {where}: {line}", file=sys.stderr)
     return result.exit_code
 
 

@@ -194,8 +194,20 @@ class Config(NamedTuple):
 
     @property
     def state_dir(self) -> str:
-        base = self.path[:-5] if self.path.endswith(".conf") else self.path
-        return base + ".state"
+        return _beside(self.path, ".state")
+
+    @property
+    def store_dir(self) -> str:
+        """Where ``receive`` keeps the lineages it is sent (certbot's layout)."""
+        return store_dir_of(self.path)
+
+
+def store_dir_of(path: str) -> str:
+    return _beside(os.path.realpath(path), ".store")
+
+
+def _beside(path: str, suffix: str) -> str:
+    return (path[:-5] if path.endswith(".conf") else path) + suffix
 
 
 def _absolute(value: str, where: str) -> str:
