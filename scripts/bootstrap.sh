@@ -43,6 +43,7 @@ daemons=()
 [ -x /usr/share/tomcat10/bin/catalina.sh ] || daemons+=(tomcat10)
 [ -x /usr/sbin/couriertcpd ] || daemons+=(courier-base)
 dpkg -s samba-ad-dc samba-ad-provision >/dev/null 2>&1 || daemons+=(samba-ad-dc samba-ad-provision)
+[ -x /usr/sbin/sshd ] || daemons+=(openssh-server)  # private sshd "hosts" for pushes
 # Exim, OpenSMTPD, sendmail and courier-imap conflict with Postfix (or Dovecot): they
 # are unpacked below, never installed; what they link against is installed here.
 dpkg -s libidn12 liblockfile1 m4 >/dev/null 2>&1 || daemons+=(libidn12 liblockfile1 m4)

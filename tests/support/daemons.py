@@ -43,7 +43,7 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait_port(port: int, what: str, log: Path | None = None) -> None:
+def wait_port(port: int, what: str, log: Path | None = None) -> None:
     try:
         wait_until(lambda: _listening(port), READY_TIMEOUT, f"{what} listening on port {port}")
     except TimeoutError as exc:
@@ -64,7 +64,7 @@ def _foreground(daemon: Daemon, cmd: list[str], output: Path, log: Path) -> Iter
     with open(output, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     try:
-        _wait_port(daemon.port, daemon.name, log)
+        wait_port(daemon.port, daemon.name, log)
         yield daemon
     finally:
         stop_process(proc, grace=15)
@@ -111,7 +111,7 @@ postlog unix-dgram n - n - 1 postlogd
     subprocess.run(["postfix", "-c", str(root), "start"], check=True, capture_output=True,
                    timeout=60)
     try:
-        _wait_port(port, "postfix", root / "log" / "maillog")
+        wait_port(port, "postfix", root / "log" / "maillog")
         yield daemon
     finally:
         if daemon.pid_file.exists():
@@ -269,7 +269,7 @@ def _forking(daemon: Daemon, command: list[str], env: dict[str, str] | None = No
         subprocess.run(command, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                        check=True, timeout=60)
     try:
-        _wait_port(daemon.port, daemon.name, daemon.root / "log")
+        wait_port(daemon.port, daemon.name, daemon.root / "log")
         yield daemon
     finally:
         if daemon.pid_file.exists():

@@ -1,0 +1,89 @@
+"""Private OpenSSH servers on 127.0.0.1, each a "host" with its own host key.
+
+Debian's sshd (installed by scripts/bootstrap.sh, its service never started) runs
+in the foreground with a config the test writes: one port, one host key, one
+authorized_keys file, root logins with forced commands only, no passwords, no PAM.
+``ROOT`` must be below no group- or world-writable directory (sshd's StrictModes):
+the tests use a directory in /run. Stopped by its PID.
+"""
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.daemons import wait_port
+from tests.support.procs import stop_process
+from tests.support.testbed import free_port
+
+SSHD = "/usr/sbin/sshd"
+PRIVSEP = Path("/run/sshd")
+
+
+def keypair(path: Path) -> str:
+    """An ed25519 key at ``path`` (no passphrase); returns its public key line."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f",
+                    str(path)], check=True, timeout=30)
+    return Path(f"{path}.pub").read_text().strip()
+
+
+@dataclass
+class Host:
+    root: Path
+    port: int
+    host_key: str  # its public host key line
+
+    def known_hosts_line(self) -> str:
+        return f"[127.0.0.1]:{self.port} {self.host_key}"
+
+
+@contextmanager
+def sshd(root: Path, authorized_keys: str) -> Iterator[Host]:
+    """One private sshd whose root account takes ``authorized_keys`` (forced commands)."""
+    root.mkdir(mode=0o755)
+    port = free_port()
+    host_key = keypair(root / "host_ed25519")
+    keys = root / "authorized_keys"
+    keys.write_text(authorized_keys)
+    keys.chmod(0o600)
+    config = root / "sshd_config"
+    config.write_text(f"""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {root}/host_ed25519
+PidFile {root}/sshd.pid
+AuthorizedKeysFile {keys}
+PermitRootLogin forced-commands-only
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes yes
+LogLevel VERBOSE
+""")
+    log = root / "sshd.log"
+    # Its privilege separation directory is compiled in; made (0755 root, as the
+    # package's tmpfiles.d makes it) and removed again when it was not there.
+    made = not PRIVSEP.exists()
+    PRIVSEP.mkdir(mode=0o755, exist_ok=True)
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out,
+                                    stderr=out, stdin=subprocess.DEVNULL)
+        try:
+            wait_port(port, "sshd", log)
+            yield Host(root, port, host_key)
+        finally:
+            stop_process(proc)
+    finally:
+        if made:
+            PRIVSEP.rmdir()
+
+
+def ssh_command(host: Host, identity: Path, known_hosts: Path, *extra: str) -> list[str]:
+    """The sender's ssh: batch mode, this host's pinned key only, a connect timeout."""
+    return ["ssh", "-i", str(identity), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+            "-p", str(host.port), "root@127.0.0.1", *extra]
