@@ -26,6 +26,7 @@ nothing written.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -112,9 +113,13 @@ def stage(store: str, material: Material) -> None:
         os.close(open_for_writing(path, create_mode=STORE_MODE))
     archive_fd = open_for_writing(os.path.join(store, "archive", name), create_mode=STORE_MODE)
     try:
-        if _live_version(store, name) == version:
+        live = _live_version(store, name)
+        if live == version:
             raise UsageError(f"receive: {name} v{version} is live here already; stage a new "
                              "version")
+        # One staged version at a time: whatever else was staged and never committed goes
+        # (a sender cannot fill this disk by staging versions it never commits).
+        _remove_versions(archive_fd, keep={v for v in (live, _previous(store, name)) if v})
         for kind, data in texts.items():
             file = f"{kind}{version}.pem"
             write_file_atomic(archive_fd, file, data, uid=os.geteuid(), gid=os.getegid(),
@@ -152,6 +157,11 @@ def commit(store: str, name: str, version: int) -> None:
         os.fsync(live_fd)
     finally:
         os.close(live_fd)
+    archive_fd = open_dir(archive)
+    try:  # keep this version and the one it replaced (for a look back), no older
+        _remove_versions(archive_fd, keep={version, *_remembered(archive_fd, version)})
+    finally:
+        os.close(archive_fd)
 
 
 def abort(store: str, name: str, version: int) -> bool:
@@ -162,18 +172,46 @@ def abort(store: str, name: str, version: int) -> bool:
         archive_fd = open_dir(os.path.join(store, "archive", name))
     except KeysError:
         return False
-    removed = False
     try:
-        for kind in KINDS:
-            try:
-                os.unlink(f"{kind}{version}.pem", dir_fd=archive_fd)
-                removed = True
-            except FileNotFoundError:
-                pass
-        os.fsync(archive_fd)
+        present = _versions(archive_fd)
+        _remove_versions(archive_fd, keep=present - {version})
+        return version in present
     finally:
         os.close(archive_fd)
-    return removed
+
+
+def _versions(archive_fd: int) -> set[int]:
+    found = set()
+    for entry in os.listdir(archive_fd):
+        match = re.fullmatch(r"(?:privkey|cert|chain|fullchain)([0-9]+)\.pem", entry)
+        if match:
+            found.add(int(match.group(1)))
+    return found
+
+
+def _remembered(archive_fd: int, version: int) -> set[int]:
+    """The newest version below ``version``: the one a commit of ``version`` replaced."""
+    older = [v for v in _versions(archive_fd) if v < version]
+    return {max(older)} if older else set()
+
+
+def _previous(store: str, name: str) -> int | None:
+    live = _live_version(store, name)
+    if live is None:
+        return None
+    fd = open_dir(os.path.join(store, "archive", name))
+    try:
+        return next(iter(_remembered(fd, live)), None)
+    finally:
+        os.close(fd)
+
+
+def _remove_versions(archive_fd: int, keep: set[int]) -> None:
+    for version in _versions(archive_fd) - keep:
+        for kind in KINDS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{kind}{version}.pem", dir_fd=archive_fd)
+    os.fsync(archive_fd)
 
 
 def _live_version(store: str, name: str) -> int | None:

@@ -172,3 +172,18 @@ def test_a_commit_whose_check_fails_is_rolled_back_and_answered_not_ok(
     assert "mail v2: [mail] check 'false' failed" in err
     assert (receiver.out / "mail.pem").read_bytes() == before
     assert receiver.log.read_text() == "reloaded\n"  # the first commit's only
+
+
+def test_the_store_keeps_the_live_version_the_one_before_and_one_staged(
+        receiver: Receiver) -> None:
+    """A sender cannot fill this host's disk: staging drops what was staged and never
+    committed, and a commit keeps only the version it replaced."""
+    for version in (1, 2, 3):
+        assert receiver.send(_stage(version, _pems()))[0] == 0
+        assert receiver.send(_commit(version))[0] == 0
+    for version in (4, 5, 6):  # staged, never committed
+        assert receiver.send(_stage(version, _pems()))[0] == 0
+    archive = receiver.store / "archive" / "mail"
+    versions = sorted({int("".join(c for c in p.name if c.isdigit())) for p in archive.iterdir()})
+    assert versions == [2, 3, 6]
+    assert len(list(archive.iterdir())) == 12
