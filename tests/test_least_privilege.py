@@ -354,6 +354,32 @@ def _installed_copy(directory: Path) -> Path:
     return launcher
 
 
+CONTAINER_CONF = "/etc/certbot-atomic-deploy/atomic-deploy.conf"
+CONTAINER_PEM = "/etc/postfix/tls/mail.pem"
+
+
+def _postfix_target(ct: container.Container, seed_pem: Path) -> None:
+    """In the container: the root side's config (one Postfix target for lineage mail)
+    and Postfix serving STARTTLS on its loopback from that file, seeded."""
+    conf, pem = CONTAINER_CONF, CONTAINER_PEM
+    ct.run("mkdir", "-p", os.path.dirname(conf), os.path.dirname(pem))
+    ct.run("sh", "-c", f"cat > {conf}", input=f"[postfix]\npreset = postfix\n"
+                                              f"lineage = mail\npath = {pem}\n")
+    ct.run("install", "-m", "600", str(seed_pem), pem)
+    ct.run("postconf", "-e", f"smtpd_tls_chain_files = {pem}", "smtpd_tls_security_level "
+           "= may", "inet_interfaces = loopback-only", "inet_protocols = ipv4")
+    ct.run("systemctl", "restart", "postfix")
+
+
+def _serving(ct: container.Container) -> int | None:
+    """The serial the container's Postfix serves on STARTTLS (None: no certificate)."""
+    hello = ct.in_network("openssl", "s_client", "-connect", "127.0.0.1:25", "-starttls",
+                          "smtp")
+    cert = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=hello.stdout,
+                          capture_output=True, timeout=30)
+    return int(cert.stdout.decode().split("=", 1)[1], 16) if cert.returncode == 0 else None
+
+
 @pytest.mark.daemon
 @pytest.mark.skipif(not container.ROOT.is_dir() or shutil.which("systemd-nspawn") is None,
                     reason=f"{container.ROOT} and systemd-nspawn: scripts/bootstrap.sh")
@@ -376,17 +402,10 @@ def test_the_shipped_units_booted_publish_what_an_unprivileged_certbot_renews(
     bundle.chmod(0o644)
     certbot = Certbot(pebble=pebble, root=home, as_user=as_user(uid, gid),
                       extra_env={"REQUESTS_CA_BUNDLE": str(bundle), "PATH": HOOK_PATH})
-    conf = "/etc/certbot-atomic-deploy/atomic-deploy.conf"
-    pem = "/etc/postfix/tls/mail.pem"
+    conf, pem = CONTAINER_CONF, CONTAINER_PEM
     seed(run_dir / "seed.pem")
     with container.booted([run_dir]) as ct:
-        ct.run("mkdir", "-p", "/etc/certbot-atomic-deploy", "/etc/postfix/tls")
-        ct.run("sh", "-c", f"cat > {conf}", input=f"[postfix]\npreset = postfix\n"
-                                                  f"lineage = mail\npath = {pem}\n")
-        ct.run("install", "-m", "600", str(run_dir / "seed.pem"), pem)
-        ct.run("postconf", "-e", f"smtpd_tls_chain_files = {pem}", "smtpd_tls_security_level "
-               "= may", "inet_interfaces = loopback-only", "inet_protocols = ipv4")
-        ct.run("systemctl", "restart", "postfix")
+        _postfix_target(ct, run_dir / "seed.pem")
         ct.run(str(launcher), "--config", conf, "--config-dir", str(certbot.config_dir),
                "units", "--output", "/etc/systemd/system", "--spool", str(spool), "--user",
                str(uid))
@@ -394,19 +413,11 @@ def test_the_shipped_units_booted_publish_what_an_unprivileged_certbot_renews(
         ct.run("systemctl", "enable", "--now", "certbot-atomic-deploy.path",
                "certbot-atomic-deploy.timer")
 
-        def serving() -> int | None:
-            hello = ct.in_network("openssl", "s_client", "-connect", "127.0.0.1:25",
-                                  "-starttls", "smtp")
-            cert = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=hello.stdout,
-                                  capture_output=True, timeout=30)
-            return (int(cert.stdout.decode().split("=", 1)[1], 16) if cert.returncode == 0
-                    else None)
-
         def published_within(what: str) -> None:
             marker = spool / "mail"
             signalled = marker.stat().st_mtime
             wanted = lineage_serial(certbot.live("mail"))
-            wait_until(lambda: serving() == wanted, 60, f"postfix serving {what}",
+            wait_until(lambda: _serving(ct) == wanted, 60, f"postfix serving {what}",
                        interval=0.02)
             served = time.time()
             report(f"least privilege, units booted in nspawn: {what}: certbot's notify to "
@@ -513,8 +524,7 @@ def test_debians_certbot_service_renews_as_its_user_under_the_drop_in(run_dir: P
     pebble_config, ca = write_pebble_config(pebble_dir, 14000, 15000)
     ca.chmod(0o644)
     seed(run_dir / "seed.pem")
-    conf = "/etc/certbot-atomic-deploy/atomic-deploy.conf"
-    pem = "/etc/postfix/tls/mail.pem"
+    conf = CONTAINER_CONF
     spool = "/var/spool/certbot-atomic-deploy"
     with container.booted([run_dir]) as ct:
         ct.run("systemctl", "stop", "certbot.timer")  # Debian's schedule: not this test's
@@ -530,13 +540,7 @@ def test_debians_certbot_service_renews_as_its_user_under_the_drop_in(run_dir: P
         ct.run("sh", "-c", "cat > /etc/letsencrypt/renewal-hooks/deploy/notify && chmod 755 "
                "/etc/letsencrypt/renewal-hooks/deploy/notify",
                input=f"#!/bin/sh\nexec {launcher} notify\n")
-        ct.run("mkdir", "-p", "/etc/certbot-atomic-deploy", "/etc/postfix/tls")
-        ct.run("sh", "-c", f"cat > {conf}", input=f"[postfix]\npreset = postfix\n"
-                                                  f"lineage = mail\npath = {pem}\n")
-        ct.run("install", "-m", "600", str(run_dir / "seed.pem"), pem)
-        ct.run("postconf", "-e", f"smtpd_tls_chain_files = {pem}", "smtpd_tls_security_level "
-               "= may", "inet_interfaces = loopback-only", "inet_protocols = ipv4")
-        ct.run("systemctl", "restart", "postfix")
+        _postfix_target(ct, run_dir / "seed.pem")
         wait_until(lambda: ct.run("python3", "-c", "import socket; socket.create_connection("
                                   "('127.0.0.1', 14000), 1)", check=False).returncode == 0,
                    30, "pebble listening in the container")
@@ -562,22 +566,14 @@ def test_debians_certbot_service_renews_as_its_user_under_the_drop_in(run_dir: P
                          "/etc/letsencrypt/live/mail/cert.pem").stdout
             return int(out.split("=", 1)[1], 16)
 
-        def serving() -> int | None:
-            hello = ct.in_network("openssl", "s_client", "-connect", "127.0.0.1:25",
-                                  "-starttls", "smtp")
-            cert = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=hello.stdout,
-                                  capture_output=True, timeout=30)
-            return (int(cert.stdout.decode().split("=", 1)[1], 16) if cert.returncode == 0
-                    else None)
-
         issued = lineage()
-        wait_until(lambda: serving() == issued, 60, "postfix serving the issued certificate")
+        wait_until(lambda: _serving(ct) == issued, 60, "postfix serving the issued certificate")
         ct.run("systemctl", "start", "certbot.service", timeout=180)  # oneshot: waits
         renewed = lineage()
         assert renewed != issued
         owner = ct.run("stat", "-c", "%U", "/etc/letsencrypt/archive/mail/privkey2.pem")
         assert owner.stdout.strip() == "certbot"  # written by certbot.service, as certbot
-        wait_until(lambda: serving() == renewed, 60, "postfix serving the renewal")
+        wait_until(lambda: _serving(ct) == renewed, 60, "postfix serving the renewal")
 
 
 def test_a_renewal_conf_the_acme_client_writes_runs_nothing_as_root(split: Split) -> None:
