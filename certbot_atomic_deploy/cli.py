@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_dir(args: argparse.Namespace | SimpleNamespace) -> str:
     if args.config_dir:
         return str(args.config_dir)
+    if args.config and os.path.isdir(store_dir_of(args.config)):
+        return store_dir_of(args.config)  # a receiver's: what it was sent is its lineages
     renewed = os.environ.get("RENEWED_LINEAGE")
     if renewed:
         return os.path.dirname(os.path.dirname(os.path.normpath(renewed)))

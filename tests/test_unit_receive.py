@@ -187,3 +187,14 @@ def test_the_store_keeps_the_live_version_the_one_before_and_one_staged(
     versions = sorted({int("".join(c for c in p.name if c.isdigit())) for p in archive.iterdir()})
     assert versions == [2, 3, 6]
     assert len(list(archive.iterdir())) == 12
+
+
+def test_status_of_a_receiver_reads_its_store(receiver: Receiver) -> None:
+    assert receiver.send(_stage(1, _pems()))[0] == 0
+    assert receiver.send(_commit(1))[0] == 0
+    status = subprocess.run([sys.executable, "-m", "certbot_atomic_deploy", "--config",
+                             str(receiver.conf), "status", "--json"], capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)
+    assert [(r["target"], r["version"], r["in_sync"]) for r in rows] == [("mail", 1, True)]
