@@ -27,6 +27,9 @@ def _roff(text: str) -> str:
 def _usage(parser: argparse.ArgumentParser) -> str:
     """The usage line without "usage: " and the program's name."""
     usage = re.sub(r"\s+", " ", parser.format_usage().strip().removeprefix("usage: "))
+    # "{a,b,c}" is one word to troff, too long for a line once there are enough
+    # commands: a space after each comma lets it break there.
+    usage = re.sub(r"\{[^}]*\}", lambda m: m.group(0).replace(",", ", "), usage)
     return usage.removeprefix(parser.prog).strip()
 
 
