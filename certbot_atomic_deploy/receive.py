@@ -96,8 +96,8 @@ def material_of(request: Request) -> Material:
     for kind in ("cert", "chain"):
         blocks = parse_blocks(request.pems[kind], where[kind])
         if any(b.label != "CERTIFICATE" for b in blocks) or (kind == "cert" and len(blocks) != 1):
-            raise ValidationError(f"{where[kind]}: expected {'one' if kind == 'cert' else ''} "
-                                  "CERTIFICATE block(s) only")
+            raise ValidationError(f"{where[kind]}: expected " + (
+                "one CERTIFICATE block" if kind == "cert" else "CERTIFICATE blocks only"))
         chain += blocks
     return Material(lineage=request.lineage, version=request.version, key=keys[0],
                     chain=tuple(chain), sources=where)
