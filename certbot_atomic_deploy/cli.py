@@ -20,7 +20,14 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from certbot_atomic_deploy import spool
-from certbot_atomic_deploy.config import FileOutput, load, read_password, store_dir_of
+from certbot_atomic_deploy.config import (
+    FileOutput,
+    HostTarget,
+    Target,
+    load,
+    read_password,
+    store_dir_of,
+)
 from certbot_atomic_deploy.deploy import Deployer
 from certbot_atomic_deploy.report import (
     PROG,
@@ -205,8 +212,10 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         for t in config.targets:  # say now what a deploy would refuse
             if isinstance(t.output, FileOutput) and t.output.password_file:
                 read_password(t.name, t.output.password_file)
+        everyone: list[Target | HostTarget] = [*config.targets, *config.hosts]
+        for each in everyone:
             try:
-                chosen[t.name] = deployer.choose(t)
+                chosen[each.name] = deployer.choose(each)
             except ConfigError:
                 raise
             except KeysError as exc:  # no such lineage yet: the config itself is fine
@@ -290,9 +299,9 @@ def _receive(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> 
             for target in takers:
                 require_covered(info, target.domains, material.sources["cert"])
             with deployer.state.lock(args.lock_timeout):
-                receive.stage(store, material)
+                live = receive.stage(store, material)
             print(receive.answer(True, action="stage", lineage=request.lineage,
-                                 version=request.version, serial=info.serial))
+                                 version=request.version, serial=info.serial, live=live))
             return EXIT_OK
         with deployer.state.lock(args.lock_timeout):
             if request.action == "abort":

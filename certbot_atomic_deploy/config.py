@@ -46,6 +46,11 @@ from daemon_keys.fs import open_dir, read_regular, unsafe_reason
 from daemon_keys.keyspec import KeySpec, parse_spec, resolve_user
 
 DEFAULT_KEEP = 2
+DEFAULT_PARALLEL = 8  # hosts pushed to at once
+DEFAULT_CONNECT_TIMEOUT = 10  # seconds for ssh's connection and handshake
+# commit = each: every host that staged commits; all: none commits unless every host
+# taking that lineage staged.
+COMMIT_POLICIES = ("each", "all")
 DEFAULT_TIMEOUT = 300.0  # seconds a check or reload may run before its process group is killed
 MAX_TIMEOUT = 86400
 PUBLIC_FILE_MODE = 0o644
@@ -88,6 +93,15 @@ def _timeout(value: object) -> object:
     return seconds
 
 
+def _count(low: int, high: int) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        text = _one(value, "a number")
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise ValueError(f"'{text}' is not a number from {low} to {high}")
+        return int(text)
+    return check
+
+
 def _keep(value: object) -> object:
     text = _one(value, "a number")
     if not text.isdigit() or not 0 <= int(text) <= 100:
@@ -117,11 +131,21 @@ SPEC: dict[str, Callable[[object], object]] = {
     "reader": _text("one user"),
     "dont_blame_sendmail": _choice(("GroupReadableKeyFile",)),
     "password_file": _text("one path"),
+    "host": _text("one [USER@]HOST[:PORT]"),
+    "identity": _text("one path"),
+    "known_hosts": _text("one path"),
+    "connect_timeout": _count(1, 600),
+    "parallel": _count(1, 256),
+    "commit": _choice(COMMIT_POLICIES),
 }
 _FORMATS = ", ".join(repr(f) for f in _FORMAT_NAMES)
 # Keys that only make sense per target, never in [defaults]; and the other way round.
-_TARGET_ONLY = ("path", "directory", "preset")
-_RUN_WIDE = ("metrics_file", "issuers")
+_TARGET_ONLY = ("path", "directory", "preset", "host")
+_RUN_WIDE = ("metrics_file", "issuers", "parallel", "commit")
+# What a host target's receiver decides in its own config: never the sender's.
+_RECEIVER_ONLY = ("path", "directory", "format", "owner", "group", "mode", "check", "reload",
+                  "reader", "password_file", "preset", "dont_blame_sendmail")
+_PUSH_ONLY = ("identity", "known_hosts", "connect_timeout")
 
 
 class FileOutput(NamedTuple):
@@ -184,6 +208,31 @@ class Target(NamedTuple):
         return self.key.mode if holds_key(fmt) else PUBLIC_FILE_MODE
 
 
+class HostTarget(NamedTuple):
+    """A host a lineage is pushed to over ssh (``host =``). Its receiver's own config
+    decides where the lineage goes there, with which owner, mode, check and reload."""
+
+    name: str
+    lineage: str | None  # or None: the one lineage covering every ``domains`` glob
+    domains: tuple[str, ...]
+    user: str
+    host: str  # a name or an address (IPv6 without brackets)
+    port: int
+    identity: str  # the sender's private key (root's, 0600)
+    known_hosts: str  # the pinned host keys: only these hosts are trusted
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT  # of each exchange with the host, its commands included
+    keep: int = DEFAULT_KEEP
+
+    @property
+    def destination(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}:{self.port}"
+
+    def describe(self) -> str:
+        return f"host {self.destination} (over ssh; its receiver's config places it)"
+
+
 class Config(NamedTuple):
     path: str
     targets: tuple[Target, ...]
@@ -191,6 +240,9 @@ class Config(NamedTuple):
     # The CA certificates (PEM) a lineage's chain must end at, when pinned ([defaults]
     # issuers = FILE): an ACME client that writes its own pair is not trusted.
     issuers: tuple[bytes, ...] | None = None
+    hosts: tuple[HostTarget, ...] = ()
+    parallel: int = DEFAULT_PARALLEL
+    commit: str = "each"
 
     @property
     def state_dir(self) -> str:
@@ -208,6 +260,82 @@ def store_dir_of(path: str) -> str:
 
 def _beside(path: str, suffix: str) -> str:
     return (path[:-5] if path.endswith(".conf") else path) + suffix
+
+
+def ssh_dir_of(path: str) -> str:
+    """Where the sender's ssh identity and pinned known_hosts are by default."""
+    return _beside(path, ".ssh")
+
+
+_HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]{0,31})@)?"
+                   r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9][A-Za-z0-9.-]{0,252}))"
+                   r"(?::(?P<port>[0-9]{1,5}))?$")
+
+
+def _host_target(name: str, section: dict[str, object], defaults: dict[str, object],
+                 file: str) -> HostTarget:
+    """A ``host =`` section: which lineage goes to which host, and how ssh reaches it."""
+    for key in _RECEIVER_ONLY:
+        if section.get(key) is not None:
+            raise ConfigError(f"{file}: [{name}] {key}: a host target's {key} is its "
+                              "receiver's to decide, in that host's own config; remove it "
+                              "here")
+    spec = str(section["host"])
+    match = _HOST.match(spec)
+    port = int(match.group("port") or 22) if match else 0
+    if match is None or not 1 <= port <= 65535:
+        raise ConfigError(f"{file}: [{name}] host: '{spec}' is not [USER@]HOST[:PORT] (an "
+                          "IPv6 address in brackets: [2001:db8::1]:22)")
+
+    def get(key: str) -> object:
+        value = section.get(key)
+        return defaults.get(key) if value is None else value
+
+    def path(key: str, default: str) -> str:
+        value = get(key)
+        where = f"{file}: [{name if section.get(key) is not None else 'defaults'}] {key}"
+        return default if value is None else _absolute(str(value), where)
+
+    lineages = [str(v) for v in _words(get("lineage") or [])]
+    domains = tuple(str(v) for v in _words(get("domains") or []))
+    if not lineages and not domains:
+        raise ConfigError(f"{file}: [{name}]: say which lineage it takes: lineage = NAME "
+                          "or domains = GLOB")
+    if len(lineages) > 1:
+        raise ConfigError(f"{file}: [{name}] lineage: names {len(lineages)} lineages; a "
+                          "target takes one (make one section per lineage and host)")
+    lineage = lineages[0] if lineages else None
+    if lineage is not None and ("/" in lineage or lineage.startswith(".")):
+        raise ConfigError(f"{file}: [{name}] lineage: '{lineage}' is not a lineage name")
+    ssh_dir = ssh_dir_of(file)
+    keep, timeout, connect = get("keep"), get("timeout"), get("connect_timeout")
+    return HostTarget(
+        name=name, lineage=lineage, domains=domains, user=match.group("user") or "root",
+        host=match.group("v6") or match.group("name"), port=port,
+        identity=path("identity", os.path.join(ssh_dir, "id_ed25519")),
+        known_hosts=path("known_hosts", os.path.join(ssh_dir, "known_hosts")),
+        connect_timeout=DEFAULT_CONNECT_TIMEOUT if connect is None else int(str(connect)),
+        timeout=DEFAULT_TIMEOUT if timeout is None else float(str(timeout)),
+        keep=DEFAULT_KEEP if keep is None else int(str(keep)))
+
+
+def _check_push_files(hosts: tuple[HostTarget, ...]) -> None:
+    """The identity is the sender's own secret; known_hosts decides which hosts get a
+    key: both as trusted as the config."""
+    for identity in sorted({h.identity for h in hosts}):
+        st, _ = read_regular(identity, limit=1 << 16, where=f"identity {identity}",
+                             error=ConfigError, hint="make one: ssh-keygen -t ed25519 -N '' "
+                             f"-f {identity}; put its .pub in each host's authorized_keys")
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise ConfigError(f"identity {identity}: owner uid {st.st_uid}, mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}: the sender's key must be "
+                              f"uid {os.geteuid()}'s and 0600 (chmod 600 it)")
+    for known in sorted({h.known_hosts for h in hosts}):
+        if not os.path.exists(known):
+            raise ConfigError(f"known_hosts {known}: missing; pin each host's key in it "
+                              "(ssh-keyscan -p PORT HOST >> FILE, then compare the "
+                              "fingerprint with the host's own 'ssh-keygen -lf')")
+        _read_trusted(known, "it decides which hosts are sent keys")
 
 
 def _absolute(value: str, where: str) -> str:
@@ -504,6 +632,11 @@ def load(path: str, config_dir: str) -> Config:
         if defaults.get(key) is not None:
             raise ConfigError(f"{path}: [defaults] {key}: belongs in a target section")
     for name, section in sections.items():
+        for key in _PUSH_ONLY:
+            if section.get("host") is None and section.get(key) is not None:
+                raise ConfigError(f"{path}: [{name}] {key}: only a host target (host = "
+                                  "[USER@]HOST[:PORT]) takes it")
+    for name, section in sections.items():
         for key in _RUN_WIDE:
             if section.get(key) is not None:
                 raise ConfigError(f"{path}: [{name}] {key}: one for the whole run; put it "
@@ -515,8 +648,10 @@ def load(path: str, config_dir: str) -> Config:
     pinned = None if issuers is None else _issuers(
         _absolute(str(issuers), f"{path}: [defaults] issuers"))
     targets = tuple(_target(name, section, defaults, path)
-                    for name, section in sections.items())
-    if not targets:
+                    for name, section in sections.items() if section.get("host") is None)
+    hosts = tuple(_host_target(name, section, defaults, path)
+                  for name, section in sections.items() if section.get("host") is not None)
+    if not targets and not hosts:
         raise ConfigError(f"{path}: no target sections (add one, e.g. [postfix] with "
                           "lineage, path and format)")
     destinations: dict[str, str] = {}
@@ -525,6 +660,18 @@ def load(path: str, config_dir: str) -> Config:
             raise ConfigError(f"{path}: [{t.name}] and [{destinations[t.destination]}] both "
                               f"write {t.destination}")
         destinations[t.destination] = t.name
-    config = Config(path=path, targets=targets, metrics_file=metrics_file, issuers=pinned)
+    pushed: dict[tuple[str, str | None, tuple[str, ...]], str] = {}
+    for h in hosts:
+        other = pushed.setdefault((h.destination, h.lineage, h.domains), h.name)
+        if other != h.name:
+            raise ConfigError(f"{path}: [{h.name}] and [{other}] both push the same lineage "
+                              f"to {h.destination}")
+    if hosts:
+        _check_push_files(hosts)
+    parallel, commit = defaults.get("parallel"), defaults.get("commit")
+    config = Config(path=path, targets=targets, metrics_file=metrics_file, issuers=pinned,
+                    hosts=hosts,
+                    parallel=DEFAULT_PARALLEL if parallel is None else int(str(parallel)),
+                    commit="each" if commit is None else str(commit))
     _check_destinations(config, config_dir)
     return config

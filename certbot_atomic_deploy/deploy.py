@@ -30,7 +30,16 @@ marked ``# (N)`` in the body):
 8. reload: every distinct ``reload`` command of every target whose reload is
    pending (this run's, and any an earlier run could not finish), once,
    unless the run defers them to ``reload-pending``; a target's reload stops
-   being pending when its commands succeed.
+   being pending when its commands succeed;
+9. push: every host target (``host =``) whose lineage the run is for, or whose
+   push an earlier run left pending, in two phases over ssh
+   (:mod:`.push`): stage the version on every such host, then commit it on
+   each host that staged it (``commit = each``), or on none of a lineage's hosts
+   unless all of them staged it (``commit = all``). Each host's receiver
+   publishes, checks, rolls back and reloads by its own config. The push is
+   recorded as pending before the first byte is sent, and stays pending for
+   every later run (and ``reload-pending``) until the host answers that it
+   committed this version.
 
 A failing target never stops the others; the run reports every failure, and
 exits with the highest exit code among them (:mod:`daemon_keys.errors`).
@@ -53,7 +62,7 @@ from certbot_atomic_deploy.commands import (
     open_as,
     run_command,
 )
-from certbot_atomic_deploy.config import Config, FileOutput, Target
+from certbot_atomic_deploy.config import Config, FileOutput, HostTarget, Target
 from certbot_atomic_deploy.payload import Payload, payload_for
 from certbot_atomic_deploy.pem import Material, list_lineages, read_lineage
 from certbot_atomic_deploy.publish import (
@@ -66,6 +75,7 @@ from certbot_atomic_deploy.publish import (
 from certbot_atomic_deploy.report import Outcome, RunResult
 from certbot_atomic_deploy.state import (
     PENDING_CHECK,
+    PENDING_PUSH,
     PENDING_RELOAD,
     LastRun,
     Record,
@@ -84,6 +94,7 @@ from daemon_keys.errors import (
 from daemon_keys.fs import Leftovers
 
 if TYPE_CHECKING:
+    from certbot_atomic_deploy.push import Exchange
     from certbot_atomic_deploy.validate import CertInfo
 
 T = TypeVar("T")
@@ -139,7 +150,7 @@ class Deployer:
             return leaf_info(material.leaf.text, material.sources["cert"]).names
         return _once(self._names, lineage, names)
 
-    def covering(self, target: Target, among: list[str]) -> list[str]:
+    def covering(self, target: Target | HostTarget, among: list[str]) -> list[str]:
         """The lineages of ``among`` whose certificate covers every ``domains`` glob."""
         from certbot_atomic_deploy.validate import covers
         chosen = []
@@ -167,6 +178,7 @@ class Deployer:
                 if done is not None:
                     published.append(done)
         if dry_run:
+            self.push(wanted, dry_run, result)  # (9)
             return result
         for p in published:  # (5)
             self._save(p.target, p.record, p.data, _pending_after_publish(p.target))
@@ -193,6 +205,7 @@ class Deployer:
         self._flush(result)
         if reload:
             self.run_reloads(result)  # (8)
+        self.push(wanted, dry_run, result)  # (9)
         return result
 
     def _resume_checks(self, done: set[str], result: RunResult) -> None:
@@ -272,7 +285,100 @@ class Deployer:
         self._resume_checks(set(), result)
         self._flush(result)
         self.run_reloads(result)
+        self.push(set(), False, result)  # only the pushes left pending
         return result
+
+    # -- hosts (9)
+
+    def push(self, wanted: set[str] | None, dry_run: bool, result: RunResult) -> None:
+        """(9) Stage on every host this run pushes to, then commit (the contract above)."""
+        from certbot_atomic_deploy import push
+
+        plans = self._push_plans(wanted, dry_run, result)
+        if not plans:
+            return
+        for plan in plans:  # pending before the first byte leaves: a run that dies retries
+            state = self.state.load(plan.target.name)
+            state.set_pending(PENDING_PUSH, _now())
+            self.state.put(plan.target.name, state)
+        self._flush(result)
+        stage = {p.lineage: push.stage_request(p.material) for p in plans}  # once a lineage
+        staged = push.exchange_all([(p.target, stage[p.lineage]) for p in plans],
+                                   self.config.parallel)
+        unstaged = {p.lineage for p, s in zip(plans, staged) if not s.ok}
+        commits: list[PushPlan] = []
+        aborts: list[PushPlan] = []
+        for plan, exchange in zip(plans, staged):
+            if not exchange.ok:
+                plan.outcome.detail = (f"{plan.outcome.detail}: not staged, {exchange.detail}; "
+                                       f"it keeps what it held, {_RETRIED}")
+            elif self.config.commit == "all" and plan.lineage in unstaged:
+                plan.outcome.detail = (f"{plan.outcome.detail}: staged, not committed: commit "
+                                       f"= all, and a host taking {plan.lineage} did not stage "
+                                       f"it; it keeps what it held, {_RETRIED}")
+                aborts.append(plan)
+            else:
+                commits.append(plan)
+        push.exchange_all([(p.target, push.request("abort", p.lineage, p.material.version))
+                           for p in aborts], self.config.parallel)  # frees their disk; may fail
+        committed = push.exchange_all(
+            [(p.target, push.request("commit", p.lineage, p.material.version))
+             for p in commits], self.config.parallel)
+        for plan, exchange in zip(commits, committed):
+            if not exchange.ok:
+                plan.outcome.detail = (f"{plan.outcome.detail}: staged, commit failed: "
+                                       f"{exchange.detail}; {_RETRIED}")
+                continue
+            state = self.state.load(plan.target.name)
+            record = self._record(state, plan.lineage, plan.material, plan.info)
+            self._save(plan.target, record, None, None)
+            plan.outcome.status = "published"
+            plan.outcome.detail = f"{plan.outcome.detail}: committed ({_receiver_said(exchange)})"
+        self._note_results(result)
+        self._flush(result)
+
+    def _push_plans(self, wanted: set[str] | None, dry_run: bool,
+                    result: RunResult) -> list[PushPlan]:
+        """(9), first: each host target's lineage, compared and validated like (1)-(3)."""
+        from certbot_atomic_deploy.validate import require_covered
+
+        plans = []
+        for target in self.config.hosts:
+            state = self.state.load(target.name)
+            retry = state.pending == PENDING_PUSH
+            lineage = self._select_one(target, None if retry else wanted, result)
+            if lineage is None:
+                continue
+            try:
+                material = self.material(lineage)
+                current = state.current
+                if not retry and current is not None and (current.lineage, current.version) == (
+                        lineage, material.version):
+                    result.outcomes.append(Outcome(
+                        target.name, lineage, "unchanged",
+                        f"{target.destination}: holds {lineage} v{material.version} already",
+                        material.version))
+                    continue
+                info = self.checked(lineage)
+                require_covered(info, target.domains, material.sources["cert"])
+            except KeysError as exc:
+                result.outcomes.append(Outcome(target.name, lineage, "failed", str(exc),
+                                               exit_code=exit_code(exc)))
+                continue
+            what = (f"{target.destination}: {lineage} v{material.version} (serial "
+                    f"{info.serial}, expires {info.not_after:%Y-%m-%d})")
+            if dry_run:
+                result.outcomes.append(Outcome(
+                    target.name, lineage, "planned",
+                    f"would push {what} over ssh: stage, then commit (commit = "
+                    f"{self.config.commit}); its receiver's config places it",
+                    material.version, info.serial))
+                continue
+            outcome = Outcome(target.name, lineage, "failed", what, material.version,
+                              info.serial)
+            result.outcomes.append(outcome)
+            plans.append(PushPlan(target, lineage, material, info, outcome))
+        return plans
 
     def run_reloads(self, result: RunResult) -> None:
         """(8) Every distinct reload command of every target whose reload is pending
@@ -308,7 +414,7 @@ class Deployer:
         """A shared reload's time limit: the longest of the targets that run it."""
         return max(t.timeout for t in self.config.targets if command in waiting.get(t.name, ()))
 
-    def _select_one(self, target: Target, wanted: set[str] | None,
+    def _select_one(self, target: Target | HostTarget, wanted: set[str] | None,
                     result: RunResult) -> str | None:
         """Step (1) for one target: its lineage, or None (a failure is in ``result``).
 
@@ -327,7 +433,7 @@ class Deployer:
                                            exit_code=exit_code(exc)))
             return None
 
-    def choose(self, target: Target) -> str:
+    def choose(self, target: Target | HostTarget) -> str:
         """The lineage a target takes: the named one, or the one covering its globs.
         A ``domains`` target that several lineages cover is a config error."""
         if target.lineage is not None:
@@ -421,7 +527,7 @@ class Deployer:
                       not_after=info.not_after.isoformat(), names=list(info.names),
                       published_at=_now())
 
-    def _save(self, target: Target, record: Record, data: bytes | None,
+    def _save(self, target: Target | HostTarget, record: Record, data: bytes | None,
               pending: str | None = None) -> None:
         state = self.state.load(target.name)
         if state.current is not None and state.current.seq != record.seq:
@@ -481,6 +587,11 @@ class Deployer:
 
     def rollback(self, name: str) -> RunResult:
         target = next((t for t in self.config.targets if t.name == name), None)
+        host = next((h for h in self.config.hosts if h.name == name), None)
+        if host is not None:
+            raise UsageError(f"{self.config.path}: [{name}] is a host target: roll back on "
+                             f"{host.host}, where its receiver published it (certbot-atomic-"
+                             "deploy --config RECEIVER.conf rollback TARGET)")
         if target is None:
             raise UsageError(f"{self.config.path}: no target [{name}] (targets: "
                              f"{', '.join(t.name for t in self.config.targets)})")
@@ -557,7 +668,45 @@ class Deployer:
                     row["in_sync"] = False
                     row["detail"] = str(exc)
             rows.append(row)
+        rows += [self._host_status(h) for h in self.config.hosts]
         return rows
+
+    def _host_status(self, target: HostTarget) -> dict[str, object]:
+        """A host target's row: what the host last committed, and what is pending."""
+        state = self.state.load(target.name)
+        current = state.current
+        row: dict[str, object] = {
+            "target": target.name, "destination": target.destination, "host": target.host,
+            "lineage": current.lineage if current else None,
+            "serial": current.serial if current else None,
+            "not_after": current.not_after if current else None,
+            "version": current.version if current else None,
+            "seq": current.seq if current else None,
+            "published_at": current.published_at if current else None,
+            "pending": state.pending, "pending_since": state.pending_since,
+            "last_result": state.last.result if state.last else None,
+            "last_run_at": state.last.at if state.last else None, "in_sync": False}
+        try:
+            lineage = self.choose(target)
+            material = self.material(lineage)
+        except KeysError as exc:
+            row["detail"] = str(exc)
+            return row
+        row["lineage_version"] = material.version
+        held = current is not None and (current.lineage, current.version) == (
+            lineage, material.version)
+        if state.pending == PENDING_PUSH:
+            row["detail"] = (f"push of {lineage} v{material.version} pending (since "
+                             f"{state.pending_since}; every run tries again, or "
+                             "'certbot-atomic-deploy reload-pending')")
+        elif current is None:
+            row["detail"] = "never pushed"
+        elif not held:
+            row["detail"] = f"lineage is at v{material.version}; run deploy"
+        else:
+            row["in_sync"] = True
+            row["detail"] = "in sync (committed on the host)"
+        return row
 
 
 def _reader_path(target: Target) -> str:
@@ -590,6 +739,28 @@ def _reloads(target: Target, record: Record) -> list[str]:
     """The target's reload commands as they run for ``record`` (placeholders filled in)."""
     return [expand(t, target.destination, record.lineage, record.names)
             for t in target.reload]
+
+
+_RETRIED = "pending: every later run tries again"
+
+
+class PushPlan(NamedTuple):
+    """A host target this run pushes to, and its outcome (failed until committed)."""
+
+    target: HostTarget
+    lineage: str
+    material: Material
+    info: CertInfo
+    outcome: Outcome
+
+
+def _receiver_said(exchange: Exchange) -> str:
+    """What a receiver's commit answer says it did, per target of its own."""
+    targets = (exchange.answer or {}).get("targets")
+    if not isinstance(targets, list) or not targets:
+        return "the receiver published nothing"
+    said = [f"[{t.get('target')}] {t.get('status')}" for t in targets if isinstance(t, dict)]
+    return "there: " + ", ".join(said)
 
 
 class Failed(NamedTuple):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 
+from certbot_atomic_deploy.state import PENDING
 from daemon_keys.atomicfile import open_for_writing, write_file_atomic
 
 METRICS_FILE_MODE = 0o644
@@ -26,7 +27,8 @@ _METRICS = (
     ("target_in_sync", "gauge",
      "1 when the target holds its lineage's current version and nothing is pending."),
     ("target_pending", "gauge",
-     "1 while a check or reload of the published target has not run yet (label: what)."),
+     "1 while a check or reload of the published target has not run yet, or (a host "
+     "target) the lineage's version is not committed on the host yet (label: what)."),
     ("target_pending_since_timestamp_seconds", "gauge", "Since when it has been pending."),
     ("target_last_result", "gauge",
      "1 for the result of the last run that took the target (label: result)."),
@@ -69,7 +71,7 @@ def render(rows: list[dict[str, object]]) -> str:
         add("target_version", target,
             None if r["version"] is None else str(r["version"]))
         add("target_in_sync", target, "1" if r["in_sync"] else "0")
-        for what in ("check", "reload"):
+        for what in PENDING:
             add("target_pending", {**target, "what": what},
                 "1" if r.get("pending") == what else "0")
         add("target_pending_since_timestamp_seconds", target,

@@ -35,7 +35,7 @@ from typing import BinaryIO, NamedTuple
 from certbot_atomic_deploy.pem import KINDS, Material, parse_blocks
 from daemon_keys.atomicfile import open_for_writing, write_file_atomic
 from daemon_keys.errors import KeysError, UsageError, ValidationError, reason
-from daemon_keys.fs import make_temp, open_dir
+from daemon_keys.fs import make_temp, open_dir, read_regular
 
 PROTOCOL = 1
 MAX_REQUEST_BYTES = 1 << 20
@@ -103,8 +103,12 @@ def material_of(request: Request) -> Material:
                     chain=tuple(chain), sources=where)
 
 
-def stage(store: str, material: Material) -> None:
-    """Write the version into the store's archive (fsynced), live links untouched."""
+def stage(store: str, material: Material) -> bool:
+    """Write the version into the store's archive (fsynced), live links untouched.
+
+    Staging the version that is live already, with the same bytes, writes nothing
+    and returns True (a sender whose earlier run died after its commit asks again;
+    committing it again is harmless); with other bytes it is refused."""
     name, version = material.lineage, material.version
     texts = {"privkey": material.key.text, "cert": material.leaf.text,
              "chain": b"".join(b.text for b in material.chain[1:]),
@@ -115,8 +119,13 @@ def stage(store: str, material: Material) -> None:
     try:
         live = _live_version(store, name)
         if live == version:
-            raise UsageError(f"receive: {name} v{version} is live here already; stage a new "
-                             "version")
+            if all(_holds(archive_fd, f"{kind}{version}.pem", data)
+                   for kind, data in texts.items()):
+                return True
+            raise UsageError(
+                f"receive: {name} v{version} is live here with other bytes (was the lineage "
+                f"made anew on the sender?); to take it, remove {store}/live/{name} and "
+                f"{store}/archive/{name} here, then push again")
         # One staged version at a time: whatever else was staged and never committed goes
         # (a sender cannot fill this disk by staging versions it never commits).
         _remove_versions(archive_fd, keep={v for v in (live, _previous(store, name)) if v})
@@ -127,6 +136,15 @@ def stage(store: str, material: Material) -> None:
                               where=os.path.join(store, "archive", name, file))
     finally:
         os.close(archive_fd)
+    return False
+
+
+def _holds(dir_fd: int, name: str, data: bytes) -> bool:
+    try:
+        _, held = read_regular(name, dir_fd=dir_fd, limit=len(data), where=name)
+    except KeysError:
+        return False
+    return held == data
 
 
 def commit(store: str, name: str, version: int) -> None:

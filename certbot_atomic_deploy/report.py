@@ -95,7 +95,8 @@ def print_status(rows: list[dict[str, object]], as_json: bool) -> None:
 
 def print_config(config: Config, chosen: dict[str, str]) -> None:
     """The resolved config; ``chosen``: each target's lineage as of now."""
-    print(f"{config.path}: {len(config.targets)} target(s), state in {config.state_dir}")
+    hosts = f" and {len(config.hosts)} host target(s)" if config.hosts else ""
+    print(f"{config.path}: {len(config.targets)} target(s){hosts}, state in {config.state_dir}")
     for t in config.targets:
         which = (f"lineage {t.lineage}" if t.lineage
                  else f"the lineage covering {', '.join(t.domains)} (now: {chosen[t.name]})")
@@ -113,3 +114,11 @@ def print_config(config: Config, chosen: dict[str, str]) -> None:
             print(f"    check: {c}")
         for c in t.reload:
             print(f"    reload: {c}")
+    for h in config.hosts:
+        which = (f"lineage {h.lineage}" if h.lineage
+                 else f"the lineage covering {', '.join(h.domains)} (now: {chosen[h.name]})")
+        print(f"[{h.name}] {which} -> {h.describe()}")
+        print(f"    ssh: identity {h.identity}, host keys pinned in {h.known_hosts}, connect "
+              f"timeout {h.connect_timeout} s, {h.timeout:g} s an exchange")
+    if config.hosts:
+        print(f"push: {config.parallel} host(s) at once; commit = {config.commit}")

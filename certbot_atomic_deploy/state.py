@@ -58,7 +58,8 @@ class Record(NamedTuple):
 # What a published target still needs, kept until it has run (a later run retries it).
 PENDING_CHECK = "check"  # published, its check not passed yet (a failure rolls it back)
 PENDING_RELOAD = "reload"  # published and checked, its reload not run yet
-PENDING = (PENDING_CHECK, PENDING_RELOAD)
+PENDING_PUSH = "push"  # a host target: the lineage's version not committed there yet
+PENDING = (PENDING_CHECK, PENDING_RELOAD, PENDING_PUSH)
 
 
 class LastRun(NamedTuple):

@@ -39,46 +39,70 @@ class Host:
         return f"[127.0.0.1]:{self.port} {self.host_key}"
 
 
-@contextmanager
-def sshd(root: Path, authorized_keys: str) -> Iterator[Host]:
-    """One private sshd whose root account takes ``authorized_keys`` (forced commands)."""
-    root.mkdir(mode=0o755)
-    port = free_port()
-    host_key = keypair(root / "host_ed25519")
-    keys = root / "authorized_keys"
-    keys.write_text(authorized_keys)
-    keys.chmod(0o600)
-    config = root / "sshd_config"
-    config.write_text(f"""\
-Port {port}
+class Sshd:
+    """One private sshd whose root account takes ``authorized_keys`` (forced commands).
+    It can be stopped and started again (same port, same host key): a host that goes
+    down and comes back."""
+
+    def __init__(self, root: Path, authorized_keys: str) -> None:
+        root.mkdir(mode=0o755)
+        self.host = Host(root, free_port(), keypair(root / "host_ed25519"))
+        self.keys = root / "authorized_keys"
+        self.keys.write_text(authorized_keys)
+        self.keys.chmod(0o600)
+        self.config = root / "sshd_config"
+        self.config.write_text(f"""\
+Port {self.host.port}
 ListenAddress 127.0.0.1
 HostKey {root}/host_ed25519
 PidFile {root}/sshd.pid
-AuthorizedKeysFile {keys}
+AuthorizedKeysFile {self.keys}
 PermitRootLogin forced-commands-only
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes yes
+MaxStartups 100
 LogLevel VERBOSE
 """)
-    log = root / "sshd.log"
-    # Its privilege separation directory is compiled in; made (0755 root, as the
-    # package's tmpfiles.d makes it) and removed again when it was not there.
+        self.log = root / "sshd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
+                                         stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        wait_port(self.host.port, "sshd", self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+@contextmanager
+def privsep() -> Iterator[None]:
+    """sshd's privilege separation directory is compiled in; made (0755 root, as the
+    package's tmpfiles.d makes it) and removed again when it was not there."""
     made = not PRIVSEP.exists()
     PRIVSEP.mkdir(mode=0o755, exist_ok=True)
     try:
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out,
-                                    stderr=out, stdin=subprocess.DEVNULL)
-        try:
-            wait_port(port, "sshd", log)
-            yield Host(root, port, host_key)
-        finally:
-            stop_process(proc)
+        yield
     finally:
         if made:
             PRIVSEP.rmdir()
+
+
+@contextmanager
+def sshd(root: Path, authorized_keys: str) -> Iterator[Host]:
+    """One private sshd, started, and stopped by its PID at the end."""
+    with privsep():
+        server = Sshd(root, authorized_keys)
+        try:
+            server.start()
+            yield server.host
+        finally:
+            server.stop()
 
 
 def ssh_command(host: Host, identity: Path, known_hosts: Path, *extra: str) -> list[str]:
