@@ -198,3 +198,21 @@ def test_status_of_a_receiver_reads_its_store(receiver: Receiver) -> None:
     assert status.returncode == 0, status.stderr
     rows = json.loads(status.stdout)
     assert [(r["target"], r["version"], r["in_sync"]) for r in rows] == [("mail", 1, True)]
+
+
+def test_staging_the_live_version_again_is_ok_and_other_bytes_under_it_are_refused(
+        receiver: Receiver) -> None:
+    """A sender whose run died after its commit asks again: the same bytes are answered
+    as live (nothing written); other bytes under the live version's number are refused
+    with what to do."""
+    first = _pems()
+    assert receiver.send(_stage(1, first))[0] == 0
+    assert receiver.send(_commit(1))[0] == 0
+    archive = receiver.store / "archive" / "mail"
+    before = {p.name: p.stat().st_mtime_ns for p in archive.iterdir()}
+    code, answer, _ = receiver.send(_stage(1, first))
+    assert (code, answer["ok"], answer["live"]) == (0, True, True)
+    assert {p.name: p.stat().st_mtime_ns for p in archive.iterdir()} == before
+    code, answer, _ = receiver.send(_stage(1, _pems()))
+    assert code == 2 and "mail v1 is live here with other bytes" in str(answer["error"])
+    assert {p.name: p.stat().st_mtime_ns for p in archive.iterdir()} == before
