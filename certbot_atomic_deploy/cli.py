@@ -85,13 +85,24 @@ group is killed); reader (the daemon's user, who must be able to open the publis
 before any check or reload); keep; metrics_file (in [defaults] only: a node_exporter
 textfile rewritten by every run); issuers (in [defaults] only: a root-owned file of CA
 certificates each lineage's chain must end at); preset = postfix, dovecot, exim,
-haproxy, nginx, apache, ... A [defaults] section applies to every target."""),
+haproxy, nginx, apache, ... A [defaults] section applies to every target.
+
+A host target (host = [USER@]HOST[:PORT] instead of path or directory) pushes its lineage
+over ssh to that host's receiver (certbot-atomic-deploy receive, the forced command of
+the sender's key there), which places it by its own config: stage on every host, then
+commit (commit = each, or all: no host commits unless every host of the lineage staged;
+[defaults] only, as is parallel = N, the hosts pushed to at once, default 8). identity
+and known_hosts default to CONFIG_DIR/atomic-deploy.ssh/id_ed25519 and known_hosts (the
+pinned host keys); connect_timeout (default 10 s). A host that fails stays pending: every
+later run tries again."""),
     ("Exit status", EXIT_STATUS),
     ("Files", """CONFIG_DIR/atomic-deploy.conf: the targets.
 
 CONFIG_DIR/atomic-deploy.state/: state.json (what each target holds, for status and
-rollback, and the check or reload each still waits for: every later run, and
-reload-pending, runs it until it succeeds), kept/ and the run lock, mode 0700."""),
+rollback, and the check, reload or push each still waits for: every later run, and
+reload-pending, runs it until it succeeds), kept/ and the run lock, mode 0700.
+
+CONFIG_DIR/atomic-deploy.ssh/: the sender's ssh identity and pinned known_hosts."""),
     ("See also", "certbot(1), certbot-perms(1)"),
 )
 
@@ -107,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "lineage.",
         epilog="Target keys: preset, lineage, domains, path | directory, format (key, cert, "
                "chain, fullchain, key+fullchain alias postfix, fullchain+key alias haproxy, "
-               "pkcs12 with password_file), owner, group, mode, check, reload, keep. See the "
-               "README.")
+               "pkcs12 with password_file), owner, group, mode, check, reload, keep; or host "
+               "(push over ssh to that host's receiver). See the README.")
     sub = parser.add_subparsers(dest="command")
     deploy = sub.add_parser("deploy", help="publish lineages to their targets")
     which = deploy.add_mutually_exclusive_group()
