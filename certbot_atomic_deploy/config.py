@@ -41,6 +41,7 @@ from certbot_atomic_deploy.pem import (
     parse_blocks,
 )
 from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
+from certbot_atomic_deploy.probe import Probe, parse_probe
 from daemon_keys.errors import ConfigError, SpecError, UnsafePathError, ValidationError
 from daemon_keys.fs import open_dir, read_regular, unsafe_reason
 from daemon_keys.keyspec import KeySpec, parse_spec, resolve_user
@@ -102,6 +103,10 @@ def _count(low: int, high: int) -> Callable[[object], object]:
     return check
 
 
+def _probe_spec(value: object) -> object:
+    return parse_probe(_one(value, "one HOST:PORT[/PROTO]"))
+
+
 def _keep(value: object) -> object:
     text = _one(value, "a number")
     if not text.isdigit() or not 0 <= int(text) <= 100:
@@ -137,10 +142,11 @@ SPEC: dict[str, Callable[[object], object]] = {
     "connect_timeout": _count(1, 600),
     "parallel": _count(1, 256),
     "commit": _choice(COMMIT_POLICIES),
+    "probe": _probe_spec,
 }
 _FORMATS = ", ".join(repr(f) for f in _FORMAT_NAMES)
 # Keys that only make sense per target, never in [defaults]; and the other way round.
-_TARGET_ONLY = ("path", "directory", "preset", "host")
+_TARGET_ONLY = ("path", "directory", "preset", "host", "probe")
 _RUN_WIDE = ("metrics_file", "issuers", "parallel", "commit")
 # What a host target's receiver decides in its own config: never the sender's.
 _RECEIVER_ONLY = ("path", "directory", "format", "owner", "group", "mode", "check", "reload",
@@ -195,6 +201,7 @@ class Target(NamedTuple):
     preset: str | None = None
     timeout: float = DEFAULT_TIMEOUT  # of each check and reload command
     reader: str | None = None  # the daemon's user: must open the key before any reload
+    probe: Probe | None = None  # after the reload: the daemon must serve what was published
 
     @property
     def destination(self) -> str:
@@ -223,6 +230,7 @@ class HostTarget(NamedTuple):
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
     timeout: float = DEFAULT_TIMEOUT  # of each exchange with the host, its commands included
     keep: int = DEFAULT_KEEP
+    probe: Probe | None = None  # after the commit: the host must serve what it committed
 
     @property
     def destination(self) -> str:
@@ -316,7 +324,7 @@ def _host_target(name: str, section: dict[str, object], defaults: dict[str, obje
         known_hosts=path("known_hosts", os.path.join(ssh_dir, "known_hosts")),
         connect_timeout=DEFAULT_CONNECT_TIMEOUT if connect is None else int(str(connect)),
         timeout=DEFAULT_TIMEOUT if timeout is None else float(str(timeout)),
-        keep=DEFAULT_KEEP if keep is None else int(str(keep)))
+        keep=DEFAULT_KEEP if keep is None else int(str(keep)), probe=_probe_of(section))
 
 
 def _check_push_files(hosts: tuple[HostTarget, ...]) -> None:
@@ -452,7 +460,14 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         keep=DEFAULT_KEEP if keep is None else int(str(keep)),
         timeout=DEFAULT_TIMEOUT if get("timeout") is None else float(str(get("timeout"))),
         reader=None if reader is None else str(reader),
+        probe=_probe_of(section),
         preset=str(preset_name) if preset_name is not None else None)
+
+
+def _probe_of(section: dict[str, object]) -> Probe | None:
+    """A target's own probe (never from [defaults]: each daemon has its own address)."""
+    probe = section.get("probe")
+    return probe if isinstance(probe, Probe) else None
 
 
 def _refuse_writable_dirs(destination: str, preset: str, where: str) -> None:

@@ -78,6 +78,7 @@ from certbot_atomic_deploy.state import (
     PENDING_PUSH,
     PENDING_RELOAD,
     LastRun,
+    ProbeRun,
     Record,
     StateDir,
     TargetState,
@@ -204,7 +205,8 @@ class Deployer:
         self._note_results(result)
         self._flush(result)
         if reload:
-            self.run_reloads(result)  # (8)
+            reloaded = self.run_reloads(result)  # (8)
+            self._probe_local({p.target.name for p in passed} | reloaded, result)
         self.push(wanted, dry_run, result)  # (9)
         return result
 
@@ -284,9 +286,59 @@ class Deployer:
         result = RunResult()
         self._resume_checks(set(), result)
         self._flush(result)
-        self.run_reloads(result)
+        self._probe_local(self.run_reloads(result), result)
         self.push(set(), False, result)  # only the pushes left pending
         return result
+
+    # -- probes (proof of what is served)
+
+    def _probe_local(self, done: set[str], result: RunResult) -> None:
+        """Probe each target with a ``probe`` that this run published or reloaded (with
+        nothing left pending), and each whose last probe failed."""
+        self._probe([t for t in self.config.targets if t.probe is not None], done, result)
+
+    def _probe(self, targets: list[Target] | list[HostTarget], done: set[str],
+               result: RunResult) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from certbot_atomic_deploy.probe import check
+
+        due = []
+        for target in targets:
+            state = self.state.load(target.name)
+            current = state.current
+            if target.probe is None or current is None or state.pending is not None or not (
+                    target.name in done or (state.probe is not None and not state.probe.ok)):
+                continue
+            try:
+                material = self.material(current.lineage)
+            except KeysError:
+                continue  # status says what is wrong with the lineage
+            if material.version != current.version:
+                continue  # the lineage has moved on: the next publish probes
+            due.append((target.name, target.probe, material, current))
+        if not due:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.config.parallel, len(due))) as pool:
+            probed = list(pool.map(lambda d: check(d[1], d[2].leaf.text, d[3].serial,
+                                                   d[3].names[0] if d[3].names else d[1].host),
+                                   due))
+        outcomes = {o.target: o for o in result.outcomes}
+        for (name, _, _, current), found in zip(due, probed):
+            state = self.state.load(name)
+            state.probe = ProbeRun(found.ok, found.detail, _now())
+            self.state.put(name, state)
+            if found.ok:
+                continue
+            outcome = outcomes.get(name)
+            if outcome is None:
+                result.outcomes.append(Outcome(name, current.lineage, "failed",
+                                               f"probe: {found.detail}", current.version,
+                                               current.serial))
+            else:
+                outcome.status = "failed"
+                outcome.detail += f"; but the probe: {found.detail}"
+        self._flush(result)
 
     # -- hosts (9)
 
@@ -296,6 +348,10 @@ class Deployer:
 
         plans = self._push_plans(wanted, dry_run, result)
         if not plans:
+            if not dry_run:  # a failed probe of what a host holds is asked again
+                self._probe(list(self.config.hosts), set(), result)
+                self._note_results(result)
+                self._flush(result)
             return
         for plan in plans:  # pending before the first byte leaves: a run that dies retries
             state = self.state.load(plan.target.name)
@@ -334,6 +390,8 @@ class Deployer:
             self._save(plan.target, record, None, None)
             plan.outcome.status = "published"
             plan.outcome.detail = f"{plan.outcome.detail}: committed ({_receiver_said(exchange)})"
+        self._probe(list(self.config.hosts), {p.target.name for p, c in zip(commits, committed)
+                                              if c.ok}, result)
         self._note_results(result)
         self._flush(result)
 
@@ -380,10 +438,10 @@ class Deployer:
             plans.append(PushPlan(target, lineage, material, info, outcome))
         return plans
 
-    def run_reloads(self, result: RunResult) -> None:
+    def run_reloads(self, result: RunResult) -> set[str]:
         """(8) Every distinct reload command of every target whose reload is pending
         (this run's, and any an earlier run could not finish), once; a target stops
-        being pending when all its commands succeeded."""
+        being pending when all its commands succeeded. Returns those targets' names."""
         commands: dict[str, dict[str, str]] = {}
         waiting: dict[str, list[str]] = {}
         for target in self.config.targets:
@@ -396,19 +454,20 @@ class Deployer:
             for command in waiting[target.name]:
                 commands.setdefault(command, env)
         if not waiting:
-            return
+            return set()
         ok = set()
         for command, env in commands.items():
             run = run_command(command, env, timeout=self._timeout(command, waiting))
             result.commands.append(run)
             if run.ok:
                 ok.add(command)
-        for name, needed in waiting.items():
-            if all(c in ok for c in needed):
-                state = self.state.load(name)
-                state.set_pending(None, _now())
-                self.state.put(name, state)
+        reloaded = {name for name, needed in waiting.items() if all(c in ok for c in needed)}
+        for name in reloaded:
+            state = self.state.load(name)
+            state.set_pending(None, _now())
+            self.state.put(name, state)
         self._flush(result)
+        return reloaded
 
     def _timeout(self, command: str, waiting: dict[str, list[str]]) -> float:
         """A shared reload's time limit: the longest of the targets that run it."""
@@ -664,10 +723,13 @@ class Deployer:
                         row["detail"] = (f"published, {state.pending} pending (since "
                                          f"{state.pending_since}; 'certbot-atomic-deploy "
                                          "reload-pending' runs it)")
+                    elif row["in_sync"] and state.probe is not None and not state.probe.ok:
+                        row["in_sync"] = False
+                        row["detail"] = _probe_failed(state.probe)
                 except KeysError as exc:  # the lineage, or a keystore's password file
                     row["in_sync"] = False
                     row["detail"] = str(exc)
-            rows.append(row)
+            rows.append({**row, **_probe_fields(state)})
         rows += [self._host_status(h) for h in self.config.hosts]
         return rows
 
@@ -685,7 +747,8 @@ class Deployer:
             "published_at": current.published_at if current else None,
             "pending": state.pending, "pending_since": state.pending_since,
             "last_result": state.last.result if state.last else None,
-            "last_run_at": state.last.at if state.last else None, "in_sync": False}
+            "last_run_at": state.last.at if state.last else None, "in_sync": False,
+            **_probe_fields(state)}
         try:
             lineage = self.choose(target)
             material = self.material(lineage)
@@ -703,6 +766,8 @@ class Deployer:
             row["detail"] = "never pushed"
         elif not held:
             row["detail"] = f"lineage is at v{material.version}; run deploy"
+        elif state.probe is not None and not state.probe.ok:
+            row["detail"] = _probe_failed(state.probe)
         else:
             row["in_sync"] = True
             row["detail"] = "in sync (committed on the host)"
@@ -742,6 +807,17 @@ def _reloads(target: Target, record: Record) -> list[str]:
 
 
 _RETRIED = "pending: every later run tries again"
+
+
+def _probe_fields(state: TargetState) -> dict[str, object]:
+    probe = state.probe
+    return {"probe_ok": probe.ok if probe else None, "probe_detail": probe.detail if probe
+            else None, "probe_at": probe.at if probe else None}
+
+
+def _probe_failed(probe: ProbeRun) -> str:
+    return (f"published, but the last probe ({probe.at}) failed: {probe.detail}; every run "
+            "probes it again")
 
 
 class PushPlan(NamedTuple):

@@ -33,6 +33,10 @@ _METRICS = (
     ("target_last_result", "gauge",
      "1 for the result of the last run that took the target (label: result)."),
     ("target_last_result_timestamp_seconds", "gauge", "When that result was reached."),
+    ("target_probe_ok", "gauge",
+     "1 when the last probe found the daemon (or host) serving what was published, 0 when "
+     "not; absent for a target without a probe or not probed yet."),
+    ("target_probe_timestamp_seconds", "gauge", "When the last probe ran."),
 )
 
 
@@ -82,6 +86,9 @@ def render(rows: list[dict[str, object]]) -> str:
                     "1" if r["last_result"] == result else "0")
             add("target_last_result_timestamp_seconds", target,
                 _timestamp(r.get("last_run_at")))
+        if r.get("probe_ok") is not None:
+            add("target_probe_ok", target, "1" if r["probe_ok"] else "0")
+            add("target_probe_timestamp_seconds", target, _timestamp(r.get("probe_at")))
     lines = []
     for name, kind, text in _METRICS:
         lines += [f"# HELP {PREFIX}_{name} {text}", f"# TYPE {PREFIX}_{name} {kind}",

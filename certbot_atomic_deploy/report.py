@@ -89,8 +89,9 @@ def print_status(rows: list[dict[str, object]], as_json: bool) -> None:
         if r["lineage"] is None:
             print(f"[{r['target']}] {r['destination']}: {r['detail']}")
             continue
+        probed = f"; probe ok at {r['probe_at']}" if r.get("probe_ok") is True else ""
         print(f"[{r['target']}] {r['destination']}: lineage {r['lineage']} v{r['version']} "
-              f"serial {r['serial']} expires {r['not_after']}; {r['detail']}")
+              f"serial {r['serial']} expires {r['not_after']}; {r['detail']}{probed}")
 
 
 def print_config(config: Config, chosen: dict[str, str]) -> None:
@@ -110,6 +111,8 @@ def print_config(config: Config, chosen: dict[str, str]) -> None:
                   "lineage name")
         if t.reader:
             print(f"    check: open the key as {t.reader} (the daemon's user)")
+        if t.probe:
+            print(f"    probe: {t.probe.describe()} must serve it after the reload")
         for c in t.check:
             print(f"    check: {c}")
         for c in t.reload:
@@ -120,5 +123,7 @@ def print_config(config: Config, chosen: dict[str, str]) -> None:
         print(f"[{h.name}] {which} -> {h.describe()}")
         print(f"    ssh: identity {h.identity}, host keys pinned in {h.known_hosts}, connect "
               f"timeout {h.connect_timeout} s, {h.timeout:g} s an exchange")
+        if h.probe:
+            print(f"    probe: {h.probe.describe()} must serve it after the commit")
     if config.hosts:
         print(f"push: {config.parallel} host(s) at once; commit = {config.commit}")

@@ -69,19 +69,29 @@ class LastRun(NamedTuple):
     at: str  # ISO 8601, UTC
 
 
+class ProbeRun(NamedTuple):
+    """The last probe of a target (``probe =``): did its daemon serve what was published."""
+
+    ok: bool
+    detail: str
+    at: str  # ISO 8601, UTC
+
+
 class TargetState:
     def __init__(self, current: Record | None = None,
                  history: list[Record] | None = None, pending: str | None = None,
-                 pending_since: str | None = None, last: LastRun | None = None) -> None:
+                 pending_since: str | None = None, last: LastRun | None = None,
+                 probe: ProbeRun | None = None) -> None:
         self.current = current
         self.history = history or []  # older publishes, oldest first
         self.pending = pending  # one of PENDING, or None
         self.pending_since = pending_since  # when it became pending (ISO 8601, UTC)
         self.last = last  # what the last run that took this target did with it
+        self.probe = probe  # the last probe of what it holds
 
     def copy(self) -> TargetState:
         return TargetState(self.current, list(self.history), self.pending, self.pending_since,
-                           self.last)
+                           self.last, self.probe)
 
     def set_pending(self, what: str | None, now: str) -> None:
         if what is None:
@@ -145,12 +155,15 @@ class StateDir:
                 raise ValueError(f"{name}: pending '{what}' is not one of "
                                  f"{', '.join(PENDING)}")
             last = _mapping(t.get("last") or {}, f"{name} last")
+            probe = _mapping(t.get("probe") or {}, f"{name} probe")
             targets[name] = TargetState(
                 current=_record(t["current"]) if t.get("current") else None,
                 history=[_record(r) for r in _list(t.get("history", []))],
                 pending=what,
                 pending_since=_text_or_none(pending.get("since")),
-                last=LastRun(str(last["result"]), str(last["at"])) if last else None)
+                last=LastRun(str(last["result"]), str(last["at"])) if last else None,
+                probe=ProbeRun(probe["ok"] is True, str(probe["detail"]), str(probe["at"]))
+                if probe else None)
             for seq, text in _mapping(t.get("files", {}), "files").items():
                 copies[(name, int(seq))] = _legacy_bytes(str(text))  # 0.1.0 kept them inline
         if copies:
@@ -186,7 +199,8 @@ class StateDir:
                    "history": [r._asdict() for r in t.history],
                    **({"pending": {"what": t.pending, "since": t.pending_since}}
                       if t.pending else {}),
-                   **({"last": t.last._asdict()} if t.last else {})}
+                   **({"last": t.last._asdict()} if t.last else {}),
+                   **({"probe": t.probe._asdict()} if t.probe else {})}
             for name, t in sorted(targets.items())}},
             separators=(",", ":")).encode()  # compact: the C encoder (indent is Python's)
         fd = self._open()

@@ -15,6 +15,7 @@ Dovecot as packages: scripts/bootstrap.sh unpacks them (``UNPACKED``).
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -418,3 +419,43 @@ def _dir(path: Path) -> Path:
 def _eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
     """A reload is asynchronous in the daemon: poll (bounded) until ``check()`` holds."""
     wait_until(check, seconds, "the daemon serving the new certificate", interval=0.2)
+
+
+def test_the_probe_reads_what_postfix_serves_after_starttls(certbot: Certbot,
+                                                           open_tmp: Path) -> None:
+    tls = open_tmp / "postfix-tls"
+    tls.mkdir(mode=0o755)
+    seed(tls / "mail.pem")
+    with postfix(open_tmp / "postfix", f"{tls}/mail.pem") as daemon:
+        _target(certbot, daemon, f"path = {tls}/mail.pem\nprobe = 127.0.0.1:{daemon.port}/smtp")
+        live = _issue_with_hook(certbot)
+        rows = json.loads(deploy(certbot.config_dir, "status", "--json").stdout)
+        assert [(r["in_sync"], r["probe_ok"]) for r in rows] == [(True, True)]
+        assert rows[0]["probe_detail"] == (f"127.0.0.1:{daemon.port}/smtp serves serial "
+                                           f"{lineage_serial(live):x}")
+
+
+def test_the_probe_fails_a_publish_nginx_does_not_serve_until_it_does(
+        certbot: Certbot, open_tmp: Path) -> None:
+    """No reload configured: nginx keeps serving the seed, the probe says so (exit 1,
+    status not in sync); reloaded by hand, the next run's probe finds it in sync."""
+    directory = open_tmp / "nginx-tls"
+    seed(directory)
+    current = directory / "current"
+    with nginx(open_tmp / "nginx", f"{current}/fullchain.pem", f"{current}/privkey.pem") as ng:
+        certbot.certonly("mail", ["mail.example.org"])
+        write_conf(certbot.config_dir, f"[nginx]\npreset = nginx\nlineage = mail\n"
+                                       f"directory = {directory}\ncheck = {ng.check}\nreload =\n"
+                                       f"probe = 127.0.0.1:{ng.port}\n")
+        done = deploy(certbot.config_dir, "deploy", "--all")
+        assert done.returncode == 1
+        serial = f"{lineage_serial(certbot.live('mail')):x}"
+        assert f"but the probe: 127.0.0.1:{ng.port}/tls serves another certificate" in \
+            done.stderr and f"not serial {serial} after 10 s" in done.stderr
+        status = deploy(certbot.config_dir, "status")
+        assert status.returncode == 1 and "the last probe" in status.stdout
+        subprocess.run(["sh", "-c", ng.reload], check=True, timeout=30)
+        again = deploy(certbot.config_dir, "deploy", "--all")
+        assert again.returncode == 0, again.stderr
+        status = deploy(certbot.config_dir, "status")
+        assert status.returncode == 0 and "probe ok at" in status.stdout

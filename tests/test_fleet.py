@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from tests.support.daemons import haproxy, lineage_serial, seed, served_serial
 from tests.support.figures import report
 from tests.support.pki import make_chain, pem_of
 from tests.support.site import DEPLOY, deploy, lineage_bytes, new_version, one_line, write_conf
@@ -399,3 +400,46 @@ def test_no_key_byte_is_in_any_process_argv_or_environment_during_a_push(
                f"cmdline/environ over {seen['pids']} processes, {seen['hits']} with key bytes")
         assert seen["hits"] == 0 and seen["pids"] > 20
         assert [fleet.published(i) for i in range(3)] == [_postfix_bytes(site / "le")] * 3
+
+
+@pytest.mark.daemon
+@pytest.mark.skipif(shutil.which("haproxy", path="/usr/sbin:/usr/bin") is None,
+                    reason="haproxy: scripts/bootstrap.sh")
+def test_the_probe_proves_what_a_hosts_haproxy_serves(site: Path, run_dir: Path) -> None:
+    """A real HAProxy behind one host, and the sender's probe of it: after the commit it
+    must serve the committed certificate. A receiver that publishes without reloading
+    leaves HAProxy on the old one: the run fails on the probe, status says so, and once
+    HAProxy is reloaded the next run's probe finds it in sync."""
+    crt = run_dir / "lb" / "mail.pem"
+    crt.parent.mkdir(mode=0o755)
+    seed(crt, order="key-last")
+    with ExitStack() as stack:
+        lb = stack.enter_context(haproxy(run_dir / "haproxy", str(crt)))
+        fleet = Fleet(run_dir, site / "le", 2, stack)
+        receiver = fleet.confs[0]
+        lb_target = (f"[lb]\nlineage = mail\npath = {crt}\nformat = haproxy\n"
+                     f"check = {lb.check}\nreload = {lb.reload}\n")
+        receiver.write_text(receiver.read_text() + lb_target)
+        fleet.conf.write_text(fleet.conf.read_text().replace(
+            "[h0]\n", f"[h0]\nprobe = 127.0.0.1:{lb.port}/tls\n"))
+        assert deploy(site / "le", "deploy", "--all").returncode == 0
+        assert served_serial(lb.port) == lineage_serial(site / "le" / "live" / "mail")
+        row = fleet.status()["h0"]
+        assert (row["in_sync"], row["probe_ok"]) == (True, True)
+
+        receiver.write_text(receiver.read_text().replace(f"reload = {lb.reload}\n", ""))
+        new_version(site)
+        done = deploy(site / "le", "deploy", "--all")
+        assert done.returncode == 1
+        serial = f"{lineage_serial(site / 'le' / 'live' / 'mail'):x}"
+        assert f"but the probe: 127.0.0.1:{lb.port}/tls serves another certificate" in \
+            one_line(done) and f"not serial {serial}" in one_line(done)
+        row = fleet.status()["h0"]
+        assert (row["in_sync"], row["probe_ok"], row["version"]) == (False, False, 2)
+        assert "the last probe" in str(row["detail"])
+
+        subprocess.run(["sh", "-c", lb.reload], check=True, timeout=30)
+        again = deploy(site / "le", "deploy", "--all")
+        assert again.returncode == 0, again.stderr
+        row = fleet.status()["h0"]
+        assert (row["in_sync"], row["probe_ok"]) == (True, True)

@@ -15,8 +15,10 @@ import pytest
 from certbot_atomic_deploy import cli
 from certbot_atomic_deploy.config import load
 from certbot_atomic_deploy.pem import read_lineage
+from certbot_atomic_deploy.probe import Probe, parse_probe
 from certbot_atomic_deploy.push import ssh_argv, stage_request
 from daemon_keys.errors import ConfigError
+from tests.support.pki import make_chain
 from tests.support.site import make_site, snapshot
 
 HOSTS = """\
@@ -165,3 +167,46 @@ def test_rollback_of_a_host_target_says_where_to_roll_back(
                    "[mx1] is a host target: roll back on 127.0.0.1, where its receiver "
                    "published it (certbot-atomic-deploy --config RECEIVER.conf rollback "
                    "TARGET)"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mx1.example.org:25/smtp", Probe("mx1.example.org", 25, "smtp")),
+    ("127.0.0.1:443", Probe("127.0.0.1", 443, "tls")),
+    ("[2001:db8::1]:993/tls", Probe("2001:db8::1", 993, "tls")),
+    ("imap.example.org:143/imap", Probe("imap.example.org", 143, "imap")),
+])
+def test_a_probe_is_host_port_and_protocol(text: str, expected: Probe) -> None:
+    assert parse_probe(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mx1.example.org", "'mx1.example.org' is not HOST:PORT[/PROTO]"),
+    ("mx1:0", "'mx1:0' is not HOST:PORT[/PROTO]"),
+    ("mx1:25/gopher", "'gopher' is not one of tls, smtp, imap, pop3"),
+    ("-x:25", "'-x:25' is not HOST:PORT[/PROTO]"),
+])
+def test_a_bad_probe_says_what_it_should_be(sender: Path, text: str, expected: str) -> None:
+    path = _conf(sender, f"[f]\nlineage = mail\npath = /x/y.pem\nformat = key\nprobe = {text}\n")
+    with pytest.raises(ConfigError) as caught:
+        load(str(path), str(sender))
+    assert f"[f] probe: {expected}" in str(caught.value)
+
+
+def test_a_probe_is_per_target_never_in_defaults(sender: Path) -> None:
+    path = _conf(sender, "[defaults]\nprobe = a:1\n" + HOSTS)
+    with pytest.raises(ConfigError, match=r"\[defaults\] probe: belongs in a target section"):
+        load(str(path), str(sender))
+
+
+def test_the_serial_a_probe_reports_is_read_from_the_served_certificate() -> None:
+    """What the probe says was served: the serial from the DER bytes, as cryptography
+    reads it, for serials of every length (a leading zero byte included)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certbot_atomic_deploy.probe import _serial_of
+
+    for _ in range(20):
+        _, chain = make_chain(["mail.example.org"])
+        for cert in chain:
+            assert _serial_of(cert.public_bytes(Encoding.DER)) == f"{cert.serial_number:x}"
+    assert _serial_of(b"\x30\x03\x02\x01") == "unknown"

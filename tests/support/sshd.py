@@ -82,15 +82,11 @@ LogLevel VERBOSE
 
 @contextmanager
 def privsep() -> Iterator[None]:
-    """sshd's privilege separation directory is compiled in; made (0755 root, as the
-    package's tmpfiles.d makes it) and removed again when it was not there."""
-    made = not PRIVSEP.exists()
+    """sshd's privilege separation directory is compiled in: made (0755 root) if missing,
+    as openssh-server's tmpfiles.d makes it at every boot, and left there (removing it
+    would break another sshd started meanwhile; /run is emptied at the next boot)."""
     PRIVSEP.mkdir(mode=0o755, exist_ok=True)
-    try:
-        yield
-    finally:
-        if made:
-            PRIVSEP.rmdir()
+    yield
 
 
 @contextmanager
