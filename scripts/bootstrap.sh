@@ -20,6 +20,8 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v groupadd >/dev/null 2>&1 || missing+=(passwd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)  # the fleet benchmark's baseline
+command -v ansible-playbook >/dev/null 2>&1 || missing+=(ansible-core)  # examples/ansible, tested
 command -v getfacl >/dev/null 2>&1 || missing+=(acl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies the units
 # The units booted for real: a Debian 12 root (below) in systemd-nspawn.

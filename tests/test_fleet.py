@@ -443,3 +443,64 @@ def test_the_probe_proves_what_a_hosts_haproxy_serves(site: Path, run_dir: Path)
         assert again.returncode == 0, again.stderr
         row = fleet.status()["h0"]
         assert (row["in_sync"], row["probe_ok"]) == (True, True)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "ansible"
+
+
+@pytest.mark.skipif(shutil.which("ansible-playbook") is None,
+                    reason="ansible-playbook: scripts/bootstrap.sh installs Debian's ansible-core")
+def test_the_ansible_example_pushes_through_the_same_receiver(site: Path, run_dir: Path) -> None:
+    """examples/ansible/push-lineage.yml, run by Debian's ansible-core against two private
+    sshd hosts (an admin's key, as Ansible logs in): every host stages, then commits, and
+    publishes by its own receive.conf; the key is in no line Ansible prints."""
+    admin = run_dir / "admin_ed25519"
+    public = keypair(admin)
+    with ExitStack() as stack:
+        stack.enter_context(privsep())
+        confs = [_receiver(run_dir / f"r{i}") for i in range(2)]
+        servers = [Sshd(run_dir / f"h{i}", f"{public}\n", permit_root="prohibit-password")
+                   for i in range(2)]
+        for server in servers:
+            server.start()
+            stack.callback(server.stop)
+        known = run_dir / "known_hosts"
+        known.write_text("".join(s.host.known_hosts_line() + "\n" for s in servers))
+        inventory = run_dir / "inventory"
+        inventory.write_text("[certificate_hosts]\n" + "".join(
+            f"h{i} ansible_host=127.0.0.1 ansible_port={s.host.port} ansible_user=root "
+            f"receiver_conf={confs[i]}\n" for i, s in enumerate(servers)) +
+            "[certificate_hosts:vars]\nansible_python_interpreter=/usr/bin/python3\n"
+            f"ansible_ssh_private_key_file={admin}\n"
+            f"ansible_ssh_common_args='-o UserKnownHostsFile={known} -o "
+            "GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes'\n")
+        env = dict(os.environ, ANSIBLE_PIPELINING="1", ANSIBLE_HOST_KEY_CHECKING="True",
+                   ANSIBLE_LOCAL_TEMP=str(run_dir / "ansible-local"),
+                   ANSIBLE_REMOTE_TEMP=str(run_dir / "ansible-remote"),
+                   ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        extra = {"lineage": "mail", "config_dir": str(site / "le"), "receiver": DEPLOY,
+                 "receiver_environment": {"PYTHONPATH": os.environ["PYTHONPATH"]}
+                 if os.environ.get("PYTHONPATH") else {}}
+        done = subprocess.run(["ansible-playbook", "-i", str(inventory), "-e",
+                               json.dumps(extra), str(EXAMPLES / "push-lineage.yml")],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        wanted = _postfix_bytes(site / "le")
+        assert [(c.parent / "out" / "mail.pem").read_bytes() for c in confs] == [wanted] * 2
+        assert all((c.parent / "reloads.log").read_text() == "reloaded\n" for c in confs)
+        assert done.stdout.count('"msg": "mail published"') == 2
+        key = lineage_bytes(site / "le", "mail")["privkey"].split(b"\n")[1].decode()
+        assert key not in done.stdout + done.stderr
+
+        # A host that refuses to stage: no host commits (any_errors_fatal), and the
+        # receiver's reason is printed, not the key.
+        new_version(site)
+        confs[1].write_text(confs[1].read_text().replace("lineage = mail", "lineage = web"))
+        done = subprocess.run(["ansible-playbook", "-i", str(inventory), "-e",
+                               json.dumps(extra), str(EXAMPLES / "push-lineage.yml")],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode != 0
+        assert "no target in" in done.stdout and "takes lineage mail; refused" in done.stdout
+        assert [(c.parent / "out" / "mail.pem").read_bytes() for c in confs] == [wanted] * 2
+        key = lineage_bytes(site / "le", "mail")["privkey"].split(b"\n")[1].decode()
+        assert key not in done.stdout + done.stderr

@@ -44,7 +44,8 @@ class Sshd:
     It can be stopped and started again (same port, same host key): a host that goes
     down and comes back."""
 
-    def __init__(self, root: Path, authorized_keys: str) -> None:
+    def __init__(self, root: Path, authorized_keys: str,
+                 permit_root: str = "forced-commands-only") -> None:
         root.mkdir(mode=0o755)
         self.host = Host(root, free_port(), keypair(root / "host_ed25519"))
         self.keys = root / "authorized_keys"
@@ -57,7 +58,7 @@ ListenAddress 127.0.0.1
 HostKey {root}/host_ed25519
 PidFile {root}/sshd.pid
 AuthorizedKeysFile {self.keys}
-PermitRootLogin forced-commands-only
+PermitRootLogin {permit_root}
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
