@@ -275,9 +275,10 @@ def ssh_dir_of(path: str) -> str:
     return _beside(path, ".ssh")
 
 
-_HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]{0,31})@)?"
-                   r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9][A-Za-z0-9.-]{0,252}))"
-                   r"(?::(?P<port>[0-9]{1,5}))?$")
+# Compiled when a host target is read (re caches it), not when the hook starts.
+_HOST = (r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]{0,31})@)?"
+         r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9][A-Za-z0-9.-]{0,252}))"
+         r"(?::(?P<port>[0-9]{1,5}))?$")
 
 
 def _host_target(name: str, section: dict[str, object], defaults: dict[str, object],
@@ -289,7 +290,7 @@ def _host_target(name: str, section: dict[str, object], defaults: dict[str, obje
                               "receiver's to decide, in that host's own config; remove it "
                               "here")
     spec = str(section["host"])
-    match = _HOST.match(spec)
+    match = re.match(_HOST, spec)
     port = int(match.group("port") or 22) if match else 0
     if match is None or not 1 <= port <= 65535:
         raise ConfigError(f"{file}: [{name}] host: '{spec}' is not [USER@]HOST[:PORT] (an "

@@ -299,10 +299,6 @@ class Deployer:
 
     def _probe(self, targets: list[Target] | list[HostTarget], done: set[str],
                result: RunResult) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from certbot_atomic_deploy.probe import check
-
         due = []
         for target in targets:
             state = self.state.load(target.name)
@@ -319,6 +315,10 @@ class Deployer:
             due.append((target.name, target.probe, material, current))
         if not due:
             return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from certbot_atomic_deploy.probe import check
+
         with ThreadPoolExecutor(max_workers=min(self.config.parallel, len(due))) as pool:
             probed = list(pool.map(lambda d: check(d[1], d[2].leaf.text, d[3].serial,
                                                    d[3].names[0] if d[3].names else d[1].host),
@@ -344,6 +344,8 @@ class Deployer:
 
     def push(self, wanted: set[str] | None, dry_run: bool, result: RunResult) -> None:
         """(9) Stage on every host this run pushes to, then commit (the contract above)."""
+        if not self.config.hosts:
+            return
         from certbot_atomic_deploy import push
 
         plans = self._push_plans(wanted, dry_run, result)

@@ -7,21 +7,26 @@ sends the certificate's first name as SNI, and compares the certificate the daem
 presents, byte for byte, with the one just published. Nothing is verified beyond
 that: the question is which certificate is served, not whether a client trusts it.
 A daemon still reloading is asked again until the probe's time is up.
+
+``ssl`` and ``socket`` are imported only when a probe runs: the config reads
+``probe =`` on every hook start.
 """
 from __future__ import annotations
 
 import re
-import socket
-import ssl
 import time
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+
+if TYPE_CHECKING:
+    import socket
 
 PROTOCOLS = ("tls", "smtp", "imap", "pop3")
 DEFAULT_PROBE_SECONDS = 10.0
 _RETRY = 0.2
 _MAX_LINE = 4096
-_SPEC = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9][A-Za-z0-9.-]{0,252}))"
-                   r":(?P<port>[0-9]{1,5})(?:/(?P<proto>[a-z0-9]+))?$")
+# Compiled when a probe is read (re caches it), not when the hook starts.
+_SPEC = (r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9][A-Za-z0-9.-]{0,252}))"
+         r":(?P<port>[0-9]{1,5})(?:/(?P<proto>[a-z0-9]+))?$")
 
 
 class Probe(NamedTuple):
@@ -36,7 +41,7 @@ class Probe(NamedTuple):
 
 def parse_probe(text: str) -> Probe:
     """``HOST:PORT[/PROTO]``; ValueError says what is wrong."""
-    match = _SPEC.match(text.strip())
+    match = re.match(_SPEC, text.strip())
     port = int(match.group("port")) if match else 0
     if match is None or not 1 <= port <= 65535:
         raise ValueError(f"'{text}' is not HOST:PORT[/PROTO] (an IPv6 address in brackets)")
@@ -53,6 +58,9 @@ class ProbeResult(NamedTuple):
 
 def served_certificate(probe: Probe, server_name: str, timeout: float) -> bytes:
     """The DER certificate the daemon presents (OSError, ssl.SSLError on failure)."""
+    import socket
+    import ssl
+
     with socket.create_connection((probe.host, probe.port), timeout=timeout) as raw:
         raw.settimeout(timeout)
         _starttls(raw, probe.protocol)
@@ -69,6 +77,8 @@ def served_certificate(probe: Probe, server_name: str, timeout: float) -> bytes:
 def check(probe: Probe, leaf_pem: bytes, serial: str, server_name: str,
           seconds: float = DEFAULT_PROBE_SECONDS) -> ProbeResult:
     """Whether ``probe`` serves ``leaf_pem``, asked until ``seconds`` have passed."""
+    import ssl
+
     wanted = ssl.PEM_cert_to_DER_cert(leaf_pem.decode("ascii"))
     deadline = time.monotonic() + seconds
     last = "no answer"
@@ -168,6 +178,8 @@ def _skip(data: bytes, offset: int) -> int:
 
 
 def _reason(exc: BaseException) -> str:
+    import socket
+
     if isinstance(exc, socket.timeout):
         return "timed out"
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

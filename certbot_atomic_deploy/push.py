@@ -21,7 +21,6 @@ import json
 import subprocess
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
 from certbot_atomic_deploy.receive import PROTOCOL
@@ -114,6 +113,8 @@ def exchange_all(jobs: Sequence[tuple[HostTarget, bytes]], parallel: int) -> lis
         return []
     if len(jobs) == 1 or parallel == 1:
         return [exchange(t, d) for t, d in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=min(parallel, len(jobs))) as pool:
         return list(pool.map(lambda job: exchange(*job), jobs))
 
