@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,15 @@ from tests.support.figures import REPORTS
 from tests.support.site import make_site
 from tests.support.testbed import Certbot, Pebble
 from tests.support.users import NOBODY, run_as
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background by a non-interactive shell (scripts/test &, or
+    under nohup) inherits SIGINT ignored, and so would every command it runs: the tests
+    that press Ctrl-C on a run would see nothing happen. Handle it again here (children
+    start with the default action)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
