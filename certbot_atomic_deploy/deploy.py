@@ -30,7 +30,9 @@ marked ``# (N)`` in the body):
 8. reload: every distinct ``reload`` command of every target whose reload is
    pending (this run's, and any an earlier run could not finish), once,
    unless the run defers them to ``reload-pending``; a target's reload stops
-   being pending when its commands succeed;
+   being pending when its commands succeed; then each target with a ``probe``
+   that this run published or reloaded, with nothing left pending (or whose
+   last probe failed), is asked what it serves (:mod:`.probe`);
 9. push: every host target (``host =``) whose lineage the run is for, or whose
    push an earlier run left pending, in two phases over ssh
    (:mod:`.push`): stage the version on every such host, then commit it on
@@ -204,9 +206,8 @@ class Deployer:
         self._resume_checks({p.target.name for p in published}, result)  # (6), (7)
         self._note_results(result)
         self._flush(result)
-        if reload:
-            reloaded = self.run_reloads(result)  # (8)
-            self._probe_local({p.target.name for p in passed} | reloaded, result)
+        reloaded = self.run_reloads(result) if reload else set()  # (8)
+        self._probe_local({p.target.name for p in passed} | reloaded, result)  # (8)
         self.push(wanted, dry_run, result)  # (9)
         return result
 
