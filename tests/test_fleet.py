@@ -192,8 +192,11 @@ def test_a_host_that_is_down_stays_pending_and_gets_the_version_when_back(
     still exits 0, the hook's run reports the host, status says its push is pending and
     exits 1; the host keeps wholly the old version. Back up, the next run (reload-pending,
     the post-hook's command) brings it to the new version."""
+    metrics = run_dir / "textfile" / "certbot_atomic_deploy.prom"
+    metrics.parent.mkdir(mode=0o755)
     with ExitStack() as stack:
-        fleet = Fleet(run_dir, certbot.config_dir, 3, stack)
+        fleet = Fleet(run_dir, certbot.config_dir, 3, stack,
+                      defaults=f"metrics_file = {metrics}")
         certbot.certonly("mail", ["mail.example.org"], "--deploy-hook", DEPLOY)
         old = _postfix_bytes(certbot.config_dir)
         fleet.servers[1].stop()
@@ -205,11 +208,18 @@ def test_a_host_that_is_down_stays_pending_and_gets_the_version_when_back(
         assert status.returncode == 1
         assert "push of mail v2 pending" in status.stdout
         assert fleet.status()["h1"]["version"] == 1
+        samples = metrics.read_text().splitlines()
+        for i, pending in enumerate((0, 1, 0)):
+            assert f'certbot_atomic_deploy_target_pending{{target="h{i}",what="push"}} ' \
+                   f"{pending}" in samples
+        assert 'certbot_atomic_deploy_target_version{target="h1"} 1' in samples
         fleet.servers[1].start()
         done = deploy(certbot.config_dir, "reload-pending")
         assert done.returncode == 0, done.stderr
         assert [fleet.published(i) for i in range(3)] == [new] * 3
         assert all(r["in_sync"] for r in fleet.status().values())
+        assert 'certbot_atomic_deploy_target_in_sync{target="h1"} 1' in \
+            metrics.read_text().splitlines()
 
 
 def test_the_run_that_finds_a_host_down_says_so_in_one_line(site: Path, run_dir: Path) -> None:
