@@ -207,7 +207,8 @@ class Deployer:
         self._note_results(result)
         self._flush(result)
         reloaded = self.run_reloads(result) if reload else set()  # (8)
-        self._probe_local({p.target.name for p in passed} | reloaded, result)  # (8)
+        self._probe_local({p.target.name for p in passed} | reloaded, result,
+                          every=wanted is None)  # (8)
         self.push(wanted, dry_run, result)  # (9)
         return result
 
@@ -293,19 +294,26 @@ class Deployer:
 
     # -- probes (proof of what is served)
 
-    def _probe_local(self, done: set[str], result: RunResult) -> None:
+    def _probe_local(self, done: set[str], result: RunResult, every: bool = False) -> None:
         """Probe each target with a ``probe`` that this run published or reloaded (with
-        nothing left pending), and each whose last probe failed."""
-        self._probe([t for t in self.config.targets if t.probe is not None], done, result)
+        nothing left pending), and each whose last probe failed; ``every``: all of them
+        (a run for every lineage asks every daemon what it serves)."""
+        self._probe([t for t in self.config.targets if t.probe is not None], done, result,
+                    every)
 
     def _probe(self, targets: list[Target] | list[HostTarget], done: set[str],
-               result: RunResult) -> None:
+               result: RunResult, every: bool = False, quiet: bool = False) -> None:
+        """Probe those of ``targets`` that are due (see :meth:`_probe_local`) and record
+        what each serves. A host serving something else (not reloaded, or restored from
+        an older backup) is pushed again: its push becomes pending. ``quiet``: failures
+        are only recorded (the run goes on to push them again)."""
         due = []
         for target in targets:
             state = self.state.load(target.name)
             current = state.current
             if target.probe is None or current is None or state.pending is not None or not (
-                    target.name in done or (state.probe is not None and not state.probe.ok)):
+                    every or target.name in done or (
+                        state.probe is not None and not state.probe.ok)):
                 continue
             try:
                 material = self.material(current.lineage)
@@ -325,11 +333,14 @@ class Deployer:
                                                    d[3].names[0] if d[3].names else d[1].host),
                                    due))
         outcomes = {o.target: o for o in result.outcomes}
+        hosts = {h.name for h in self.config.hosts}
         for (name, _, _, current), found in zip(due, probed):
             state = self.state.load(name)
             state.probe = ProbeRun(found.ok, found.detail, _now())
+            if not found.ok and name in hosts:
+                state.set_pending(PENDING_PUSH, _now())
             self.state.put(name, state)
-            if found.ok:
+            if found.ok or quiet:
                 continue
             outcome = outcomes.get(name)
             if outcome is None:
@@ -349,6 +360,10 @@ class Deployer:
             return
         from certbot_atomic_deploy import push
 
+        if wanted is None and not dry_run:
+            # A run for every lineage asks every host with a probe what it serves: one
+            # serving something else (restored from an older backup) is pushed again now.
+            self._probe(list(self.config.hosts), set(), result, every=True, quiet=True)
         plans = self._push_plans(wanted, dry_run, result)
         if not plans:
             if not dry_run:  # a failed probe of what a host holds is asked again
@@ -762,9 +777,11 @@ class Deployer:
         held = current is not None and (current.lineage, current.version) == (
             lineage, material.version)
         if state.pending == PENDING_PUSH:
+            probed = (f"; the last probe ({state.probe.at}): {state.probe.detail}"
+                      if state.probe is not None and not state.probe.ok else "")
             row["detail"] = (f"push of {lineage} v{material.version} pending (since "
                              f"{state.pending_since}; every run tries again, or "
-                             "'certbot-atomic-deploy reload-pending')")
+                             f"'certbot-atomic-deploy reload-pending'){probed}")
         elif current is None:
             row["detail"] = "never pushed"
         elif not held:

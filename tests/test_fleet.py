@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.support.daemons import haproxy, lineage_serial, seed, served_serial
 from tests.support.figures import report
 from tests.support.pki import make_chain, pem_of
+from tests.support.procs import wait_until
 from tests.support.site import DEPLOY, deploy, lineage_bytes, new_version, one_line, write_conf
 from tests.support.sshd import SSHD, Host, Sshd, keypair, privsep, ssh_command, sshd
 from tests.support.testbed import Certbot
@@ -453,6 +454,34 @@ def test_the_probe_proves_what_a_hosts_haproxy_serves(site: Path, run_dir: Path)
         assert again.returncode == 0, again.stderr
         row = fleet.status()["h0"]
         assert (row["in_sync"], row["probe_ok"]) == (True, True)
+
+        # The host restored from a backup of v1 (its receiver's files and HAProxy's): the
+        # sender's record says v2, but the next run for every lineage asks what it serves
+        # and pushes v2 again, in that same run.
+        v2 = lineage_serial(site / "le" / "live" / "mail")
+        receiver.write_text(receiver.read_text() + f"reload = {lb.reload}\n")
+        backup = run_dir / "backup"
+        shutil.copytree(receiver.parent, backup / "receiver", symlinks=True)
+        shutil.copy2(crt, backup / "mail.pem")
+        new_version(site, 3)
+        assert deploy(site / "le", "deploy", "--all").returncode == 0
+        shutil.rmtree(receiver.parent)
+        shutil.copytree(backup / "receiver", receiver.parent, symlinks=True)
+        shutil.copy2(backup / "mail.pem", crt)
+        subprocess.run(["sh", "-c", lb.reload], check=True, timeout=30)
+        _eventually_serving(lb.port, v2)
+        restored = deploy(site / "le", "deploy", "--all", "--json")
+        assert restored.returncode == 0, restored.stderr
+        assert _outcomes(restored)["h0"]["status"] == "published"
+        assert _outcomes(restored)["h1"]["status"] == "unchanged"
+        _eventually_serving(lb.port, lineage_serial(site / "le" / "live" / "mail"))
+        row = fleet.status()["h0"]
+        assert (row["in_sync"], row["probe_ok"], row["version"]) == (True, True, 3)
+
+
+def _eventually_serving(port: int, serial: int) -> None:
+    wait_until(lambda: served_serial(port) == serial, 10, "haproxy serving the new serial",
+               interval=0.2)
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "ansible"
