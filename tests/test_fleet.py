@@ -416,7 +416,7 @@ def test_no_key_byte_is_in_any_process_argv_or_environment_during_a_push(
 @pytest.mark.daemon
 @pytest.mark.skipif(shutil.which("haproxy", path="/usr/sbin:/usr/bin") is None,
                     reason="haproxy: scripts/bootstrap.sh")
-def test_the_probe_proves_what_a_hosts_haproxy_serves(site: Path, run_dir: Path) -> None:
+def test_the_probe_proves_what_a_hosts_haproxy_serves_and_repushes_a_restored_host(site: Path, run_dir: Path) -> None:
     """A real HAProxy behind one host, and the sender's probe of it: after the commit it
     must serve the committed certificate. A receiver that publishes without reloading
     leaves HAProxy on the old one: the run fails on the probe, status says so, and once
