@@ -305,17 +305,9 @@ def _host_target(name: str, section: dict[str, object], defaults: dict[str, obje
         where = f"{file}: [{name if section.get(key) is not None else 'defaults'}] {key}"
         return default if value is None else _absolute(str(value), where)
 
-    lineages = [str(v) for v in _words(get("lineage") or [])]
     domains = tuple(str(v) for v in _words(get("domains") or []))
-    if not lineages and not domains:
-        raise ConfigError(f"{file}: [{name}]: say which lineage it takes: lineage = NAME "
-                          "or domains = GLOB")
-    if len(lineages) > 1:
-        raise ConfigError(f"{file}: [{name}] lineage: names {len(lineages)} lineages; a "
-                          "target takes one (make one section per lineage and host)")
-    lineage = lineages[0] if lineages else None
-    if lineage is not None and ("/" in lineage or lineage.startswith(".")):
-        raise ConfigError(f"{file}: [{name}] lineage: '{lineage}' is not a lineage name")
+    lineage = _one_lineage([str(v) for v in _words(get("lineage") or [])], domains, name,
+                           file, f"{file}: [{name}] lineage", " and host")
     ssh_dir = ssh_dir_of(file)
     keep, timeout, connect = get("keep"), get("timeout"), get("connect_timeout")
     return HostTarget(
@@ -383,17 +375,9 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
     if not TARGET_NAME.match(name):
         raise ConfigError(f"{file}: [{name}]: a target name may hold letters, digits, "
                           "'.', '_' and '-' only")
-    lineages = get_list("lineage")
     domains = get_list("domains")
-    if not lineages and not domains:
-        raise ConfigError(f"{file}: [{name}]: say which lineage it takes: lineage = NAME "
-                          "or domains = GLOB")
-    if len(lineages) > 1:
-        raise ConfigError(f"{where('lineage')}: names {len(lineages)} lineages; a target "
-                          "takes one (make one section per lineage, each with its own path)")
-    lineage = lineages[0] if lineages else None
-    if lineage is not None and ("/" in lineage or lineage.startswith(".")):
-        raise ConfigError(f"{where('lineage')}: '{lineage}' is not a lineage name")
+    lineage = _one_lineage(list(get_list("lineage")), domains, name, file, where("lineage"),
+                           ", each with its own path")
     path, directory = section.get("path"), section.get("directory")
     if (path is None) == (directory is None):
         raise ConfigError(f"{file}: [{name}]: give exactly one of path = FILE or "
@@ -469,6 +453,21 @@ def _probe_of(section: dict[str, object]) -> Probe | None:
     """A target's own probe (never from [defaults]: each daemon has its own address)."""
     probe = section.get("probe")
     return probe if isinstance(probe, Probe) else None
+
+
+def _one_lineage(lineages: list[str], domains: tuple[str, ...], name: str, file: str,
+                 where: str, each: str) -> str | None:
+    """The one lineage a target names (or None: its ``domains`` choose it)."""
+    if not lineages and not domains:
+        raise ConfigError(f"{file}: [{name}]: say which lineage it takes: lineage = NAME "
+                          "or domains = GLOB")
+    if len(lineages) > 1:
+        raise ConfigError(f"{where}: names {len(lineages)} lineages; a target takes one "
+                          f"(make one section per lineage{each})")
+    lineage = lineages[0] if lineages else None
+    if lineage is not None and ("/" in lineage or lineage.startswith(".")):
+        raise ConfigError(f"{where}: '{lineage}' is not a lineage name")
+    return lineage
 
 
 def _refuse_writable_dirs(destination: str, preset: str, where: str) -> None:

@@ -713,18 +713,7 @@ class Deployer:
         for target in self.config.targets:
             state = self.state.load(target.name)
             current = state.current
-            row: dict[str, object] = {"target": target.name,
-                                      "destination": target.destination,
-                                      "lineage": current.lineage if current else None,
-                                      "serial": current.serial if current else None,
-                                      "not_after": current.not_after if current else None,
-                                      "version": current.version if current else None,
-                                      "seq": current.seq if current else None,
-                                      "published_at": current.published_at if current else None,
-                                      "pending": state.pending,
-                                      "pending_since": state.pending_since,
-                                      "last_result": state.last.result if state.last else None,
-                                      "last_run_at": state.last.at if state.last else None}
+            row = _row(target.name, target.destination, state)
             if current is None:
                 row["in_sync"] = False
                 row["detail"] = "never deployed" + (
@@ -755,18 +744,8 @@ class Deployer:
         """A host target's row: what the host last committed, and what is pending."""
         state = self.state.load(target.name)
         current = state.current
-        row: dict[str, object] = {
-            "target": target.name, "destination": target.destination, "host": target.host,
-            "lineage": current.lineage if current else None,
-            "serial": current.serial if current else None,
-            "not_after": current.not_after if current else None,
-            "version": current.version if current else None,
-            "seq": current.seq if current else None,
-            "published_at": current.published_at if current else None,
-            "pending": state.pending, "pending_since": state.pending_since,
-            "last_result": state.last.result if state.last else None,
-            "last_run_at": state.last.at if state.last else None, "in_sync": False,
-            **_probe_fields(state)}
+        row = {**_row(target.name, target.destination, state), "host": target.host,
+               "in_sync": False, **_probe_fields(state)}
         try:
             lineage = self.choose(target)
             material = self.material(lineage)
@@ -827,6 +806,21 @@ def _reloads(target: Target, record: Record) -> list[str]:
 
 
 _RETRIED = "pending: every later run tries again"
+
+
+def _row(name: str, destination: str, state: TargetState) -> dict[str, object]:
+    """A status row's record fields: what the target holds, what is pending, the last run."""
+    current = state.current
+    return {"target": name, "destination": destination,
+            "lineage": current.lineage if current else None,
+            "serial": current.serial if current else None,
+            "not_after": current.not_after if current else None,
+            "version": current.version if current else None,
+            "seq": current.seq if current else None,
+            "published_at": current.published_at if current else None,
+            "pending": state.pending, "pending_since": state.pending_since,
+            "last_result": state.last.result if state.last else None,
+            "last_run_at": state.last.at if state.last else None}
 
 
 def _probe_fields(state: TargetState) -> dict[str, object]:

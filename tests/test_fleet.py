@@ -19,8 +19,10 @@ import shutil
 import socket
 import subprocess
 import threading
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -69,7 +71,16 @@ def _push(host: Host, identity: Path, known: Path, request: dict[str, object],
     return done.returncode, json.loads(out) if out else None, done.stderr.decode()
 
 
-def test_the_receiver_as_a_forced_command_stages_and_commits_over_ssh(run_dir: Path) -> None:
+class OneHost(NamedTuple):
+    conf: Path  # its receiver's config
+    identity: Path  # the sender's key, forced to the receiver there
+    host: Host
+    known: Path  # the sender's known_hosts, pinning this host's key
+
+
+@contextmanager
+def _one_host(run_dir: Path) -> Iterator[OneHost]:
+    """One private sshd whose receiver is the forced command of a sender key of its own."""
     conf = _receiver(run_dir)
     identity = run_dir / "sender_ed25519"
     public = keypair(identity)
@@ -77,6 +88,11 @@ def test_the_receiver_as_a_forced_command_stages_and_commits_over_ssh(run_dir: P
     with sshd(run_dir / "host", forced) as host:
         known = run_dir / "known_hosts"
         known.write_text(host.known_hosts_line() + "\n")
+        yield OneHost(conf, identity, host, known)
+
+
+def test_the_receiver_as_a_forced_command_stages_and_commits_over_ssh(run_dir: Path) -> None:
+    with _one_host(run_dir) as (conf, identity, host, known):
         bundle = _bundle(1)
         # Whatever command the sender asks for, the forced command runs.
         proof = run_dir / "asked-for-command-ran"
@@ -93,13 +109,8 @@ def test_the_receiver_as_a_forced_command_stages_and_commits_over_ssh(run_dir: P
 
 
 def test_a_host_whose_key_is_not_the_pinned_one_gets_nothing(run_dir: Path) -> None:
-    conf = _receiver(run_dir)
-    identity = run_dir / "sender_ed25519"
-    public = keypair(identity)
-    with sshd(run_dir / "host", f'restrict,command="{RECEIVE_ENV}{DEPLOY} --config {conf} receive" '
-                                f'{public}\n') as host:
+    with _one_host(run_dir) as (conf, identity, host, known):
         impostor = keypair(run_dir / "other_host_ed25519")
-        known = run_dir / "known_hosts"
         known.write_text(f"[127.0.0.1]:{host.port} {impostor}\n")
         code, answer, err = _push(host, identity, known, _bundle(1))
         assert code == 255 and answer is None
@@ -352,13 +363,7 @@ def test_a_receiver_killed_mid_request_leaves_the_host_wholly_old(
 
 
 def test_a_truncated_request_is_refused_with_nothing_written(run_dir: Path) -> None:
-    conf = _receiver(run_dir)
-    identity = run_dir / "sender_ed25519"
-    public = keypair(identity)
-    with sshd(run_dir / "host", f'restrict,command="{RECEIVE_ENV}{DEPLOY} --config {conf} receive" '
-                                f'{public}\n') as host:
-        known = run_dir / "known_hosts"
-        known.write_text(host.known_hosts_line() + "\n")
+    with _one_host(run_dir) as (conf, identity, host, known):
         whole = json.dumps(_bundle(1)).encode()
         done = subprocess.run(ssh_command(host, identity, known), input=whole[:len(whole) // 2],
                               capture_output=True, timeout=60)
@@ -416,7 +421,8 @@ def test_no_key_byte_is_in_any_process_argv_or_environment_during_a_push(
 @pytest.mark.daemon
 @pytest.mark.skipif(shutil.which("haproxy", path="/usr/sbin:/usr/bin") is None,
                     reason="haproxy: scripts/bootstrap.sh")
-def test_the_probe_proves_what_a_hosts_haproxy_serves_and_repushes_a_restored_host(site: Path, run_dir: Path) -> None:
+def test_the_probe_proves_what_a_hosts_haproxy_serves_and_repushes_a_restored_host(
+        site: Path, run_dir: Path) -> None:
     """A real HAProxy behind one host, and the sender's probe of it: after the commit it
     must serve the committed certificate. A receiver that publishes without reloading
     leaves HAProxy on the old one: the run fails on the probe, status says so, and once

@@ -17,7 +17,6 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from daemon_keys.errors import ConfigError, describe_unexpected
 from daemon_keys.keyspec import parse_mode
 from tests.support.pki import make_chain, pem_of
 from tests.support.site import make_site, snapshot, write_lineage, write_password
+from tests.support.site import run_main as run
 
 ME, MY_GROUP = os.geteuid(), os.getegid()
 
@@ -44,13 +44,6 @@ def conf(site: Path, body: str) -> Path:
     path = site / "le" / "atomic-deploy.conf"
     path.write_text(f"[defaults]\nowner = {ME}\ngroup = {MY_GROUP}\n\n{body}")
     return path
-
-
-def run(capsys: pytest.CaptureFixture[str], main: Callable[[list[str]], int], *argv: str
-        ) -> tuple[int, str, list[str]]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err.strip().splitlines()
 
 
 def test_a_deploy_publishes_once_and_reloads_once(own_site: Path,

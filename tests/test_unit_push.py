@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from certbot_atomic_deploy.probe import Probe, parse_probe
 from certbot_atomic_deploy.push import ssh_argv, stage_request
 from daemon_keys.errors import ConfigError
 from tests.support.pki import make_chain
-from tests.support.site import make_site, snapshot
+from tests.support.site import make_site, run_main, snapshot
 
 HOSTS = """\
 [mx1]
@@ -49,13 +48,6 @@ def _conf(config_dir: Path, body: str) -> Path:
     path = config_dir / "atomic-deploy.conf"
     path.write_text(body)
     return path
-
-
-def _run(capsys: pytest.CaptureFixture[str], main: Callable[[list[str]], int], *argv: str
-         ) -> tuple[int, str, list[str]]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err.strip().splitlines()
 
 
 def test_a_host_target_reads_user_host_port_and_the_ssh_files_beside_the_config(
@@ -142,15 +134,15 @@ def test_check_config_dry_run_and_status_of_hosts_run_no_ssh(
         sender: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _conf(sender, HOSTS)
     before = snapshot(sender)
-    code, out, _ = _run(capsys, cli.main, "--config-dir", str(sender), "check-config")
+    code, out, _ = run_main(capsys, cli.main, "--config-dir", str(sender), "check-config")
     assert code == 0
     assert "[mx1] lineage mail -> host root@127.0.0.1:2222 (over ssh" in out
     assert "push: 8 host(s) at once; commit = each" in out
-    code, out, _ = _run(capsys, cli.main, "--config-dir", str(sender), "deploy", "--all",
+    code, out, _ = run_main(capsys, cli.main, "--config-dir", str(sender), "deploy", "--all",
                         "--dry-run")
     assert code == 0
     assert "[mx2] planned: would push deploy@[2001:db8::2]:22: mail v1 (serial" in out
-    code, out, _ = _run(capsys, cli.main, "--config-dir", str(sender), "status", "--json")
+    code, out, _ = run_main(capsys, cli.main, "--config-dir", str(sender), "status", "--json")
     assert code == 1
     rows = json.loads(out)
     assert [(r["target"], r["in_sync"], r["detail"]) for r in rows] == [
@@ -161,7 +153,7 @@ def test_check_config_dry_run_and_status_of_hosts_run_no_ssh(
 def test_rollback_of_a_host_target_says_where_to_roll_back(
         sender: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _conf(sender, HOSTS)
-    code, _, err = _run(capsys, cli.main, "--config-dir", str(sender), "rollback", "mx1")
+    code, _, err = run_main(capsys, cli.main, "--config-dir", str(sender), "rollback", "mx1")
     assert code == 2
     assert err == [f"certbot-atomic-deploy: {os.path.realpath(sender)}/atomic-deploy.conf: "
                    "[mx1] is a host target: roll back on 127.0.0.1, where its receiver "

@@ -7,11 +7,17 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.support.pki import make_chain, pem_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import pytest
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, int, str]]:
@@ -75,6 +81,14 @@ def deploy(config_dir: Path, *args: str, env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([DEPLOY, "--config-dir", str(config_dir), *args], capture_output=True,
                           text=True, timeout=120, env=env)
+
+
+def run_main(capsys: pytest.CaptureFixture[str], main: Callable[[list[str]], int],
+             *argv: str) -> tuple[int, str, list[str]]:
+    """A command's main() called in this process: its exit code, stdout, stderr lines."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
