@@ -52,6 +52,8 @@ from daemon_keys.fs import require_dir
 if TYPE_CHECKING:
     import argparse
 
+    from certbot_atomic_deploy.receive import Request
+
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 CONFIG_NAME = "atomic-deploy.conf"
 DEFAULT_LOCK_TIMEOUT = 120.0
@@ -292,43 +294,59 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
 
 
 def _receive(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int:
-    """One request from stdin, one JSON line on stdout (and a failure's line on stderr)."""
+    """One session: a request from stdin, one JSON line on stdout (and a failure's line
+    on stderr); after a stage that succeeded, its commit or abort may follow."""
     from certbot_atomic_deploy import receive
 
-    try:
-        request = receive.read_request(sys.stdin.buffer)
-        config, store = deployer.config, deployer.config_dir
-        takers = [t for t in config.targets if t.lineage == request.lineage]
-        if not takers:
-            raise UsageError(f"receive: no target in {config.path} takes lineage "
-                             f"{request.lineage}; refused")
-        where = f"{request.lineage} v{request.version}"
-        if request.action == "stage":
-            from certbot_atomic_deploy.validate import require_covered, validate
-            material = receive.material_of(request)
-            info = validate(material, None, config.issuers)
-            for target in takers:
-                require_covered(info, target.domains, material.sources["cert"])
-            with deployer.state.lock(args.lock_timeout):
-                live = receive.stage(store, material)
-            print(receive.answer(True, action="stage", lineage=request.lineage,
-                                 version=request.version, serial=info.serial, live=live))
-            return EXIT_OK
-        with deployer.state.lock(args.lock_timeout):
-            if request.action == "abort":
-                removed = receive.abort(store, request.lineage, request.version)
-                print(receive.answer(True, action="abort", lineage=request.lineage,
-                                     version=request.version, removed=removed))
+    staged = None
+    while True:
+        try:
+            request = receive.read_request(sys.stdin.buffer, staged)
+            if request is None:
                 return EXIT_OK
-            receive.commit(store, request.lineage, request.version)
-            result = deployer.deploy({request.lineage})
-            _write_metrics(deployer, result)
-    except KeysError as exc:
-        print(receive.answer(False, error=str(exc)))
-        raise
+            code = _receive_one(args, deployer, request)
+        except KeysError as exc:
+            print(receive.answer(False, error=str(exc)), flush=True)
+            raise
+        if request.action != "stage" or code != EXIT_OK:
+            return code
+        staged = request
+
+
+def _receive_one(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
+                 request: Request) -> int:
+    from certbot_atomic_deploy import receive
+
+    config, store = deployer.config, deployer.config_dir
+    takers = [t for t in config.targets if t.lineage == request.lineage]
+    if not takers:
+        raise UsageError(f"receive: no target in {config.path} takes lineage "
+                         f"{request.lineage}; refused")
+    where = f"{request.lineage} v{request.version}"
+    if request.action == "stage":
+        from certbot_atomic_deploy.validate import require_covered, validate
+        material = receive.material_of(request)
+        info = validate(material, None, config.issuers)
+        for target in takers:
+            require_covered(info, target.domains, material.sources["cert"])
+        with deployer.state.lock(args.lock_timeout):
+            live = receive.stage(store, material)
+        print(receive.answer(True, action="stage", lineage=request.lineage,
+                             version=request.version, serial=info.serial, live=live),
+              flush=True)
+        return EXIT_OK
+    with deployer.state.lock(args.lock_timeout):
+        if request.action == "abort":
+            removed = receive.abort(store, request.lineage, request.version)
+            print(receive.answer(True, action="abort", lineage=request.lineage,
+                                 version=request.version, removed=removed), flush=True)
+            return EXIT_OK
+        receive.commit(store, request.lineage, request.version)
+        result = deployer.deploy({request.lineage})
+        _write_metrics(deployer, result)
     print(receive.answer(result.ok, action="commit", lineage=request.lineage,
                          version=request.version, targets=[vars(o) for o in result.outcomes],
-                         commands=[vars(c) for c in result.commands]))
+                         commands=[vars(c) for c in result.commands]), flush=True)
     for line in failure_lines(result):
         print(f"{PROG}: {where}: {line}", file=sys.stderr)
     return result.exit_code

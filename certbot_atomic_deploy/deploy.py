@@ -97,7 +97,7 @@ from daemon_keys.errors import (
 from daemon_keys.fs import Leftovers
 
 if TYPE_CHECKING:
-    from certbot_atomic_deploy.push import Exchange
+    from certbot_atomic_deploy.push import Exchange, Session
     from certbot_atomic_deploy.validate import CertInfo
 
 T = TypeVar("T")
@@ -376,13 +376,26 @@ class Deployer:
             state.set_pending(PENDING_PUSH, _now())
             self.state.put(plan.target.name, state)
         self._flush(result)
+        sessions = [push.Session(p.target) for p in plans]  # one connection a host
+        try:
+            committed = self._stage_then_commit(plans, sessions)
+        finally:
+            push.close_all(sessions)
+        self._probe(list(self.config.hosts), committed, result)
+        self._note_results(result)
+        self._flush(result)
+
+    def _stage_then_commit(self, plans: list[PushPlan], sessions: list[Session]) -> set[str]:
+        """(9) The two phases, each on every host at once (``parallel`` at a time): stage,
+        then commit or abort by the policy. Returns the hosts that committed."""
+        from certbot_atomic_deploy import push
+
         stage = {p.lineage: push.stage_request(p.material) for p in plans}  # once a lineage
-        staged = push.exchange_all([(p.target, stage[p.lineage]) for p in plans],
-                                   self.config.parallel)
+        staged = push.ask_all([(s, stage[p.lineage]) for p, s in zip(plans, sessions)],
+                              self.config.parallel)
         unstaged = {p.lineage for p, s in zip(plans, staged) if not s.ok}
-        commits: list[PushPlan] = []
-        aborts: list[PushPlan] = []
-        for plan, exchange in zip(plans, staged):
+        second: list[tuple[PushPlan, Session, str]] = []
+        for plan, session, exchange in zip(plans, sessions, staged):
             if not exchange.ok:
                 plan.outcome.detail = (f"{plan.outcome.detail}: not staged, {exchange.detail}; "
                                        f"it keeps what it held, {_RETRIED}")
@@ -390,15 +403,16 @@ class Deployer:
                 plan.outcome.detail = (f"{plan.outcome.detail}: staged, not committed: commit "
                                        f"= all, and a host taking {plan.lineage} did not stage "
                                        f"it; it keeps what it held, {_RETRIED}")
-                aborts.append(plan)
+                second.append((plan, session, "abort"))
             else:
-                commits.append(plan)
-        push.exchange_all([(p.target, push.request("abort", p.lineage, p.material.version))
-                           for p in aborts], self.config.parallel)  # frees their disk; may fail
-        committed = push.exchange_all(
-            [(p.target, push.request("commit", p.lineage, p.material.version))
-             for p in commits], self.config.parallel)
-        for plan, exchange in zip(commits, committed):
+                second.append((plan, session, "commit"))
+        answers = push.ask_all(
+            [(s, push.request(action, p.lineage, p.material.version)) for p, s, action in second],
+            self.config.parallel)
+        committed = set()
+        for (plan, _, action), exchange in zip(second, answers):
+            if action == "abort":
+                continue  # frees the host's disk; the outcome says why it was not committed
             if not exchange.ok:
                 plan.outcome.detail = (f"{plan.outcome.detail}: staged, commit failed: "
                                        f"{exchange.detail}; {_RETRIED}")
@@ -408,10 +422,8 @@ class Deployer:
             self._save(plan.target, record, None, None)
             plan.outcome.status = "published"
             plan.outcome.detail = f"{plan.outcome.detail}: committed ({_receiver_said(exchange)})"
-        self._probe(list(self.config.hosts), {p.target.name for p, c in zip(commits, committed)
-                                              if c.ok}, result)
-        self._note_results(result)
-        self._flush(result)
+            committed.add(plan.target.name)
+        return committed
 
     def _push_plans(self, wanted: set[str] | None, dry_run: bool,
                     result: RunResult) -> list[PushPlan]:

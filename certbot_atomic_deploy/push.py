@@ -1,7 +1,7 @@
 """The sending end of a push (issue 14): one request to one host's receiver over ssh.
 
-Imports no certbot and no cryptography. Each exchange is one ``ssh`` process
-that runs the forced command of the sender's key on the far side (whatever
+Imports no certbot and no cryptography. Each host's session is one ``ssh``
+process that runs the forced command of the sender's key on the far side (whatever
 command it asks for, the host's ``authorized_keys`` decides what runs; it asks
 for none): the request goes on ssh's stdin, so key bytes are never in any
 process's argv or environment, and the receiver's one JSON line comes back on
@@ -12,16 +12,20 @@ of the request). Connection multiplexing, agent and port forwarding and host-key
 updates are off, whatever ssh_config says; routing from ssh_config
 (``ProxyJump``, ``HostName``) still applies.
 
-:func:`exchange_all` runs many exchanges at once, at most ``parallel`` at a time
-(threads: each only waits on its ssh process).
+:func:`ask_all` sends many requests at once, at most ``parallel`` at a time
+(threads: each only waits on its ssh process). A :class:`Session` keeps one
+connection per host for both phases.
 """
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from certbot_atomic_deploy.receive import PROTOCOL
 
@@ -32,10 +36,11 @@ if TYPE_CHECKING:
 SSH = "ssh"
 SSH_UNREACHABLE = 255  # ssh's own failure: connection, host key, authentication
 MAX_ANSWER_BYTES = 1 << 20
+CLOSE_SECONDS = 10.0  # for a receiver to exit once its session's input has ended
 
 
 def ssh_argv(target: HostTarget) -> list[str]:
-    """The ssh command line of an exchange with ``target``: no secret in it."""
+    """The ssh command line of a session with ``target``: no secret in it."""
     options = {
         "BatchMode": "yes", "IdentitiesOnly": "yes", "IdentityFile": target.identity,
         "StrictHostKeyChecking": "yes", "UserKnownHostsFile": target.known_hosts,
@@ -76,65 +81,150 @@ class Exchange(NamedTuple):
     seconds: float
 
 
-def exchange(target: HostTarget, data: bytes) -> Exchange:
-    """Send one request to ``target``'s receiver and read its answer."""
-    started = time.monotonic()
-    try:
-        done = subprocess.run(ssh_argv(target), input=data, capture_output=True,
-                              timeout=target.timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return Exchange(False, None, f"no answer within {target.timeout:g} s (timeout = N "
-                        "sets it)", time.monotonic() - started)
-    except OSError as exc:
-        return Exchange(False, None, f"cannot run {SSH}: {exc.strerror} (install "
-                        "openssh-client)", time.monotonic() - started)
-    seconds = time.monotonic() - started
-    err = _first_line(done.stderr)
-    answer = _answer(done.stdout)
-    if answer is None and done.returncode == SSH_UNREACHABLE:
-        if not done.stderr.strip():  # ssh says why it failed; a signal ends it silently
-            return Exchange(False, None, "the connection ended with no answer (its receiver "
-                            "was killed by a signal?)", seconds)
-        return Exchange(False, None, f"unreachable: {_ssh_error(done.stderr, target)}",
-                        seconds)
-    if answer is None:
-        return Exchange(False, None, f"no answer from its receiver (exit {done.returncode}"
-                        f"{': ' + err if err else ''}; is the key's forced command "
+class Session:
+    """One ssh connection to a host's receiver: a stage, then (once every host has
+    answered its own) that version's commit or abort, each request a line on ssh's
+    stdin and each answer a line on its stdout. One login and one receiver process a
+    host per push; the connection idles between the two phases."""
+
+    def __init__(self, target: HostTarget) -> None:
+        self.target = target
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._errors: IO[bytes] | None = None
+        self._buffer = b""
+        self._ended: Exchange | None = None  # once the connection is gone: why
+        self._closed: int | None = None  # ssh's exit status, once closed
+        self._error_text = ""  # its stderr, once closed
+
+    def ask(self, data: bytes) -> Exchange:
+        """Send one request and read its answer (at most ``timeout`` seconds)."""
+        started = time.monotonic()
+        if self._ended is not None:
+            return self._ended._replace(seconds=0.0)
+        try:
+            if self._proc is None:
+                # ssh's stderr, read when the session closes (a pipe could fill and
+                # block it while we wait on stdout); closed in close().
+                self._errors = tempfile.TemporaryFile()  # noqa: SIM115
+                self._proc = subprocess.Popen(ssh_argv(self.target), stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, stderr=self._errors)
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(data + b"\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has gone: its exit status and stderr say why
+        except OSError as exc:
+            return self._end(Exchange(False, None, f"cannot run {SSH}: {exc.strerror} "
+                                      "(install openssh-client)", 0.0))
+        line = self._read_line(started + self.target.timeout)
+        seconds = time.monotonic() - started
+        if line is None:
+            self.close()
+            return self._end(Exchange(False, None, f"no answer within "
+                                      f"{self.target.timeout:g} s (timeout = N sets it)",
+                                      seconds))
+        answer = _answer(line)
+        if answer is None:
+            return self._end(self._gone(seconds))
+        if answer.get("ok") is not True:
+            self.close()
+            why = answer.get("error") or self._stderr() or "refused"
+            return self._end(Exchange(False, answer, f"its receiver: {why}", seconds))
+        return Exchange(True, answer, "ok", seconds)
+
+    def close(self) -> None:
+        """End the session (the receiver sees the end of its input and exits)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=CLOSE_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._closed = proc.returncode
+        if self._errors is not None:
+            self._errors.seek(0)
+            self._error_text = self._errors.read(MAX_ANSWER_BYTES).decode(
+                "utf-8", "replace").strip()
+            self._errors.close()
+            self._errors = None
+
+    def _read_line(self, deadline: float) -> bytes | None:
+        """The next line of ssh's stdout: b"" at its end, None at the deadline."""
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            self._buffer += chunk
+            if len(self._buffer) > MAX_ANSWER_BYTES:
+                break
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def _gone(self, seconds: float) -> Exchange:
+        """The connection ended with no answer of ours: say why from ssh's exit."""
+        self.close()
+        code, err = self._closed, self._stderr()
+        if code == SSH_UNREACHABLE:
+            if not err:  # ssh says why it failed; a signal ends the remote side silently
+                return Exchange(False, None, "the connection ended with no answer (its "
+                                "receiver was killed by a signal?)", seconds)
+            return Exchange(False, None, f"unreachable: {_ssh_error(err, self.target)}",
+                            seconds)
+        first = _first_line(err.encode())
+        return Exchange(False, None, f"no answer from its receiver (exit {code}"
+                        f"{': ' + first if first else ''}; is the key's forced command "
                         "'certbot-atomic-deploy --config FILE receive'?)", seconds)
-    if answer.get("ok") is not True:
-        why = answer.get("error") or err or f"exit {done.returncode}"
-        return Exchange(False, answer, f"its receiver: {why}", seconds)
-    return Exchange(True, answer, "ok", seconds)
+
+    def _stderr(self) -> str:
+        """What ssh and the receiver said on stderr (once the session is closed)."""
+        return self._error_text
+
+    def _end(self, exchange: Exchange) -> Exchange:
+        self._ended = exchange
+        return exchange
 
 
-def exchange_all(jobs: Sequence[tuple[HostTarget, bytes]], parallel: int) -> list[Exchange]:
-    """Every exchange, at most ``parallel`` at a time; results in the order of ``jobs``."""
-    if not jobs:
-        return []
-    if len(jobs) == 1 or parallel == 1:
-        return [exchange(t, d) for t, d in jobs]
+def ask_all(asks: Sequence[tuple[Session, bytes]], parallel: int) -> list[Exchange]:
+    """Every request, at most ``parallel`` at a time; results in the order of ``asks``."""
+    if len(asks) <= 1 or parallel == 1:
+        return [session.ask(data) for session, data in asks]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(parallel, len(jobs))) as pool:
-        return list(pool.map(lambda job: exchange(*job), jobs))
+    with ThreadPoolExecutor(max_workers=min(parallel, len(asks))) as pool:
+        return list(pool.map(lambda ask: ask[0].ask(ask[1]), asks))
 
 
-def _answer(stdout: bytes) -> dict[str, object] | None:
-    """The receiver's answer: the last line of its output that is a JSON object of ours."""
-    for line in reversed(stdout[:MAX_ANSWER_BYTES].splitlines()):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict) and value.get("protocol") == PROTOCOL:
-            return value
-    return None
+def close_all(sessions: Sequence[Session]) -> None:
+    for session in sessions:
+        session.close()
 
 
-def _ssh_error(stderr: bytes, target: HostTarget) -> str:
+def _answer(line: bytes) -> dict[str, object] | None:
+    """The receiver's answer, if ``line`` is a JSON object of ours."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and value.get("protocol") == PROTOCOL else None
+
+
+def _ssh_error(text: str, target: HostTarget) -> str:
     """ssh's own failure in one line: its last line says what ended it (a changed host
     key comes first as a banner of '@' lines)."""
-    text = stderr.decode("utf-8", "replace")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     last = lines[-1][:300] if lines else "ssh failed"
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:

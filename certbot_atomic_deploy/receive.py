@@ -20,9 +20,11 @@ store as it reads a certbot config dir. Two phases, each one request:
    the deploy runs for that lineage (publish, check, roll back a target whose
    check fails, reload); ``abort`` removes a staged version nothing points at.
 
-Every request is a JSON object of at most :data:`MAX_REQUEST_BYTES`;
-anything malformed, truncated or larger is refused in one line, with
-nothing written.
+Every request is one line holding a JSON object of at most
+:data:`MAX_REQUEST_BYTES`; anything malformed, truncated or larger is refused
+in one line, with nothing written. A session (one ssh connection) carries one
+request, or a stage and then, once the sender has heard from every host, that
+version's commit or abort: each answered with one JSON line as it comes.
 """
 from __future__ import annotations
 
@@ -51,13 +53,22 @@ class Request(NamedTuple):
     pems: dict[str, bytes]  # stage only: privkey, cert, chain
 
 
-def read_request(stream: BinaryIO) -> Request:
-    """Read and check one request from a binary stream (stdin), to its end."""
-    data = stream.read(MAX_REQUEST_BYTES + 1)
+def read_request(stream: BinaryIO, follows: Request | None = None) -> Request | None:
+    """Read and check one request line from a binary stream (stdin). ``follows``: the
+    stage this session has answered; then the end of the stream is the end of the
+    session (None), and only that version's commit or abort may come."""
+    data = stream.readline(MAX_REQUEST_BYTES + 1)
     if len(data) > MAX_REQUEST_BYTES:
         raise UsageError(f"receive: the request is larger than {MAX_REQUEST_BYTES} bytes; "
                          "refused")
-    return parse_request(data)
+    if follows is not None and not data.strip():
+        return None
+    request = parse_request(data)
+    if follows is not None and (request.action == "stage" or (
+            request.lineage, request.version) != (follows.lineage, follows.version)):
+        raise UsageError(f"receive: after staging {follows.lineage} v{follows.version}, "
+                         "a session takes only its commit or abort; refused")
+    return request
 
 
 def parse_request(data: bytes) -> Request:

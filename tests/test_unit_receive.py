@@ -216,3 +216,31 @@ def test_staging_the_live_version_again_is_ok_and_other_bytes_under_it_are_refus
     code, answer, _ = receiver.send(_stage(1, _pems()))
     assert code == 2 and "mail v1 is live here with other bytes" in str(answer["error"])
     assert {p.name: p.stat().st_mtime_ns for p in archive.iterdir()} == before
+
+
+def _session(receiver: Receiver, *requests: dict[str, object]
+             ) -> tuple[int, list[dict[str, object]], str]:
+    """One session: the requests as lines on one stdin; every answer line."""
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in requests)
+    done = subprocess.run([sys.executable, "-m", "certbot_atomic_deploy", "--config",
+                           str(receiver.conf), "receive"], input=data, capture_output=True,
+                          timeout=60)
+    return (done.returncode, [json.loads(line) for line in done.stdout.splitlines()],
+            done.stderr.decode())
+
+
+def test_a_session_stages_and_then_commits_that_version_only(receiver: Receiver) -> None:
+    """What a sender does over one connection: stage, then that version's commit. Any
+    other second request is refused after the stage's answer, nothing committed."""
+    code, answers, err = _session(receiver, _stage(1, _pems()), _commit(1))
+    assert code == 0, err
+    assert [(a["action"], a["ok"]) for a in answers] == [("stage", True), ("commit", True)]
+    assert receiver.log.read_text() == "reloaded\n"
+    before = (receiver.out / "mail.pem").read_bytes()
+    for second in (_commit(3), _stage(3, _pems()), _commit(2, lineage="web")):
+        code, answers, _ = _session(receiver, _stage(2, _pems()), second)
+        assert code == 2 and [a["ok"] for a in answers] == [True, False]
+        assert "a session takes only its commit or abort" in str(answers[1]["error"])
+        assert (receiver.out / "mail.pem").read_bytes() == before
+    code, answers, _ = _session(receiver, _stage(4, _pems()))  # the end after a stage: fine
+    assert (code, [a["action"] for a in answers]) == (0, ["stage"])
