@@ -119,7 +119,7 @@ class Session:
         line = self._read_line(started + self.target.timeout)
         seconds = time.monotonic() - started
         if line is None:
-            self.close()
+            self.close(kill=True)
             return self._end(Exchange(False, None, f"no answer within "
                                       f"{self.target.timeout:g} s (timeout = N sets it)",
                                       seconds))
@@ -132,11 +132,14 @@ class Session:
             return self._end(Exchange(False, answer, f"its receiver: {why}", seconds))
         return Exchange(True, answer, "ok", seconds)
 
-    def close(self) -> None:
-        """End the session (the receiver sees the end of its input and exits)."""
+    def close(self, kill: bool = False) -> None:
+        """End the session: the receiver sees the end of its input and exits (``kill``:
+        ssh is killed, for a host that did not answer in time)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        if kill:
+            proc.kill()
         try:
             if proc.stdin is not None:
                 proc.stdin.close()
