@@ -549,3 +549,25 @@ def test_the_ansible_example_pushes_through_the_same_receiver(site: Path, run_di
         assert [(c.parent / "out" / "mail.pem").read_bytes() for c in confs] == [wanted] * 2
         key = lineage_bytes(site / "le", "mail")["privkey"].split(b"\n")[1].decode()
         assert key not in done.stdout + done.stderr
+
+
+def test_a_host_slower_than_its_timeout_is_cut_off_and_pushed_again(
+        site: Path, run_dir: Path) -> None:
+    """timeout = 3 on a host whose commit takes longer (its check sleeps 6 s): the sender
+    kills its ssh at 3 s and reports it; the push stays pending, and the next run, the
+    check quick again, finds the host holding it or brings it."""
+    with ExitStack() as stack:
+        fleet = Fleet(run_dir, site / "le", 2, stack)
+        fleet.conf.write_text(fleet.conf.read_text().replace("[h0]\n", "[h0]\ntimeout = 3\n"))
+        slow = fleet.confs[0]
+        slow.write_text(slow.read_text() + "check = sleep 6\n")
+        done = deploy(site / "le", "deploy", "--all")
+        assert done.returncode == 1
+        assert "[h0]" in one_line(done) and "no answer within 3 s" in one_line(done)
+        assert fleet.status()["h0"]["pending"] == "push"
+        assert fleet.published(1) == _postfix_bytes(site / "le")
+        slow.write_text(slow.read_text().replace("check = sleep 6\n", ""))
+        again = deploy(site / "le", "deploy", "--all")
+        assert again.returncode == 0, again.stderr
+        assert fleet.published(0) == _postfix_bytes(site / "le")
+        assert fleet.status()["h0"]["in_sync"] is True
