@@ -165,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     receive = sub.add_parser("receive", help=(
         "read one push request (stage, commit, abort) on stdin and answer in JSON: the "
         "forced command of a sender's key in authorized_keys; --config is this host's own"))
+    tlsa = sub.add_parser("tlsa", help=(
+        "print the DANE TLSA records (3 1 1 for the key, 2 1 1 for each CA) of each "
+        "lineage's newest version and of every version a target holds, in zone-file form"))
+    tlsa.add_argument("--lineage", action="append", default=[], metavar="NAME",
+                      help="this lineage (repeatable; default: every lineage a target takes)")
+    tlsa.add_argument("--name", metavar="OWNER", default=None, help=(
+        "the records' owner name, e.g. _25._tcp.mx.example.org (default: _25._tcp. and the "
+        "certificate's first name that is not a wildcard)"))
     pending = sub.add_parser("reload-pending", help=(
         "run every pending check and reload once (certbot's --post-hook, with "
         "--defer-reloads on the deploy hook)"))
@@ -174,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "check now, leave the reloads pending for reload-pending "
                            "(certbot runs its post-hook once, after every lineage)"))
     add_global_options(parser, [deploy, status, rollback, check_config, pending, units,
-                                receive], [
+                                receive, tlsa], [
         (("--config-dir",), {"default": None, "help": (
             f"certbot config dir (default: from $RENEWED_LINEAGE, else {DEFAULT_CONFIG_DIR})")}),
         (("--config",), {"default": None, "help": (
@@ -237,6 +245,8 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         return EXIT_OK
     if command == "units":
         return _units(args, deployer, config_dir)
+    if command == "tlsa":
+        return _tlsa(args, deployer)
     if command == "status":
         rows = deployer.status()
         if args.prometheus:
@@ -350,6 +360,53 @@ def _receive_one(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
     for line in failure_lines(result):
         print(f"{PROG}: {where}: {line}", file=sys.stderr)
     return result.exit_code
+
+
+def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int:
+    """The TLSA records of each lineage's newest version, and of each version a target
+    holds (what is served now), for an operator to publish before a key switch."""
+    from certbot_atomic_deploy.pem import read_certificates
+    from certbot_atomic_deploy.tlsa import der_of, records_for
+
+    everyone: list[Target | HostTarget] = [*deployer.config.targets, *deployer.config.hosts]
+    lineages = list(args.lineage)
+    if not lineages:
+        for target in everyone:
+            try:
+                chosen = deployer.choose(target)
+            except KeysError:
+                continue  # no lineage covers it yet
+            if chosen not in lineages:
+                lineages.append(chosen)
+    if not lineages:
+        raise UsageError(f"tlsa: no target in {deployer.config.path} takes a lineage yet; "
+                         "give --lineage NAME")
+    for lineage in lineages:
+        newest = deployer.material(lineage)
+        holders: dict[int, list[str]] = {}
+        for target in everyone:
+            current = deployer.state.load(target.name).current
+            if current is not None and current.lineage == lineage:
+                holders.setdefault(current.version, []).append(target.name)
+        for version in sorted({newest.version, *holders}, reverse=True):
+            blocks = (list(newest.chain) if version == newest.version
+                      else read_certificates(deployer.config_dir, lineage, version))
+            chain = [der_of(b) for b in blocks]
+            said = ([f"held by {', '.join(f'[{n}]' for n in holders[version])}"]
+                    if version in holders else [])
+            if version == newest.version:
+                said.insert(0, "the lineage's newest")
+            owner = args.name or _tlsa_owner(deployer, lineage)
+            print(f"; {lineage} v{version}: {'; '.join(said) or 'held by no target'}")
+            for record in records_for(chain):
+                print(f"{owner.rstrip('.')}. IN TLSA {record.text()}")
+    return EXIT_OK
+
+
+def _tlsa_owner(deployer: Deployer, lineage: str) -> str:
+    """_25._tcp. and the lineage's first name that is not a wildcard."""
+    names = [n for n in deployer.names(lineage) if not n.startswith("*.")]
+    return f"_25._tcp.{names[0] if names else lineage}"
 
 
 def _units(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,

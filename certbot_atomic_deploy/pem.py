@@ -158,6 +158,34 @@ def read_lineage(config_dir: str, name: str) -> Material:
                     chain=tuple(fullchain), sources=sources)
 
 
+def read_certificates(config_dir: str, name: str, version: int) -> list[PemBlock]:
+    """The certificates (leaf first) of archive version ``version`` of lineage ``name``:
+    ``archive/NAME/fullchainN.pem``, read as :func:`read_lineage` reads a file (no
+    symlink on the way, bounded, its owner's when the config dir is another user's)."""
+    if name in ("", ".", "..") or "/" in name:
+        raise ValidationError(f"{name!r}: not a lineage name")
+    try:
+        config_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValidationError(f"{config_dir}: cannot open: {reason(exc)}") from None
+    try:
+        owner = os.fstat(config_fd).st_uid
+        dir_fd = _lineage_dir(config_fd, config_dir, "archive", name)
+    finally:
+        os.close(config_fd)
+    file = f"fullchain{version}.pem"
+    where = os.path.join(config_dir, "archive", name, file)
+    try:
+        data = _read_at_following_key_link(dir_fd, "fullchain", file, where,
+                                           owner if owner not in (0, os.geteuid()) else None)
+    finally:
+        os.close(dir_fd)
+    blocks = parse_blocks(data, where)
+    if not blocks or any(b.label != "CERTIFICATE" for b in blocks):
+        raise ValidationError(f"{where}: expected CERTIFICATE blocks only")
+    return blocks
+
+
 def _lineage_dir(config_fd: int, config_dir: str, top: str, name: str) -> int:
     """``config_dir/top/name`` opened without following any symlink."""
     try:
