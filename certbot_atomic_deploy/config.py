@@ -284,6 +284,7 @@ _HOST = (r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]{0,31})@)?"
 def _host_target(name: str, section: dict[str, object], defaults: dict[str, object],
                  file: str) -> HostTarget:
     """A ``host =`` section: which lineage goes to which host, and how ssh reaches it."""
+    _check_name(name, file)
     for key in _RECEIVER_ONLY:
         if section.get(key) is not None:
             raise ConfigError(f"{file}: [{name}] {key}: a host target's {key} is its "
@@ -372,9 +373,7 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
             return f"{file}: [{name}] {key} (from preset {preset_name})"
         return f"{file}: [defaults] {key}"
 
-    if not TARGET_NAME.match(name):
-        raise ConfigError(f"{file}: [{name}]: a target name may hold letters, digits, "
-                          "'.', '_' and '-' only")
+    _check_name(name, file)
     domains = get_list("domains")
     lineage = _one_lineage(list(get_list("lineage")), domains, name, file, where("lineage"),
                            ", each with its own path")
@@ -453,6 +452,12 @@ def _probe_of(section: dict[str, object]) -> Probe | None:
     """A target's own probe (never from [defaults]: each daemon has its own address)."""
     probe = section.get("probe")
     return probe if isinstance(probe, Probe) else None
+
+
+def _check_name(name: str, file: str) -> None:
+    if not TARGET_NAME.match(name):
+        raise ConfigError(f"{file}: [{name}]: a target name may hold letters, digits, "
+                          "'.', '_' and '-' only")
 
 
 def _one_lineage(lineages: list[str], domains: tuple[str, ...], name: str, file: str,

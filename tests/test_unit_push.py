@@ -76,6 +76,7 @@ def test_a_host_target_reads_user_host_port_and_the_ssh_files_beside_the_config(
     ("[h]\nlineage = mail\nhost = a b\n", "is not [USER@]HOST[:PORT]"),
     ("[h]\nlineage = mail\nhost = 127.0.0.1:70000\n", "is not [USER@]HOST[:PORT]"),
     ("[h]\nhost = 127.0.0.1\n", "[h]: say which lineage it takes"),
+    ("[h/x]\nlineage = mail\nhost = 127.0.0.1\n", "[h/x]: a target name may hold letters"),
     ("[defaults]\nhost = 127.0.0.1\n[h]\nlineage = mail\npath = /x/y.pem\nformat = key\n",
      "[defaults] host: belongs in a target section"),
     ("[h]\nlineage = mail\nhost = 127.0.0.1\nparallel = 3\n",
