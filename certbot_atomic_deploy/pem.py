@@ -103,13 +103,8 @@ def read_lineage(config_dir: str, name: str) -> Material:
     the config dir's owner and have one link: a hard link to someone else's file
     (a root-only key, /etc/shadow) is refused.
     """
-    if name in ("", ".", "..") or "/" in name:
-        raise ValidationError(f"{name!r}: not a lineage name")
     live = os.path.join(config_dir, "live", name)
-    try:
-        config_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ValidationError(f"{config_dir}: cannot open: {reason(exc)}") from None
+    config_fd = _open_config_dir(config_dir, name)
     try:
         owner = os.fstat(config_fd).st_uid
         hostile = owner not in (0, os.geteuid())
@@ -162,12 +157,7 @@ def read_certificates(config_dir: str, name: str, version: int) -> list[PemBlock
     """The certificates (leaf first) of archive version ``version`` of lineage ``name``:
     ``archive/NAME/fullchainN.pem``, read as :func:`read_lineage` reads a file (no
     symlink on the way, bounded, its owner's when the config dir is another user's)."""
-    if name in ("", ".", "..") or "/" in name:
-        raise ValidationError(f"{name!r}: not a lineage name")
-    try:
-        config_fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ValidationError(f"{config_dir}: cannot open: {reason(exc)}") from None
+    config_fd = _open_config_dir(config_dir, name)
     try:
         owner = os.fstat(config_fd).st_uid
         dir_fd = _lineage_dir(config_fd, config_dir, "archive", name)
@@ -184,6 +174,16 @@ def read_certificates(config_dir: str, name: str, version: int) -> list[PemBlock
     if not blocks or any(b.label != "CERTIFICATE" for b in blocks):
         raise ValidationError(f"{where}: expected CERTIFICATE blocks only")
     return blocks
+
+
+def _open_config_dir(config_dir: str, name: str) -> int:
+    """The config dir's descriptor, for reading lineage ``name`` (a checked name) in it."""
+    if name in ("", ".", "..") or "/" in name:
+        raise ValidationError(f"{name!r}: not a lineage name")
+    try:
+        return os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValidationError(f"{config_dir}: cannot open: {reason(exc)}") from None
 
 
 def _lineage_dir(config_fd: int, config_dir: str, top: str, name: str) -> int:

@@ -78,7 +78,6 @@ class Exchange(NamedTuple):
     ok: bool  # the receiver answered and said ok
     answer: dict[str, object] | None  # its JSON answer, if it gave one
     detail: str  # one line: why not ok (or what it did)
-    seconds: float
 
 
 class Session:
@@ -100,7 +99,7 @@ class Session:
         """Send one request and read its answer (at most ``timeout`` seconds)."""
         started = time.monotonic()
         if self._ended is not None:
-            return self._ended._replace(seconds=0.0)
+            return self._ended
         try:
             if self._proc is None:
                 # ssh's stderr, read when the session closes (a pipe could fill and
@@ -115,22 +114,20 @@ class Session:
             pass  # it has gone: its exit status and stderr say why
         except OSError as exc:
             return self._end(Exchange(False, None, f"cannot run {SSH}: {exc.strerror} "
-                                      "(install openssh-client)", 0.0))
+                                      "(install openssh-client)"))
         line = self._read_line(started + self.target.timeout)
-        seconds = time.monotonic() - started
         if line is None:
             self.close(kill=True)
             return self._end(Exchange(False, None, f"no answer within "
-                                      f"{self.target.timeout:g} s (timeout = N sets it)",
-                                      seconds))
+                                      f"{self.target.timeout:g} s (timeout = N sets it)"))
         answer = _answer(line)
         if answer is None:
-            return self._end(self._gone(seconds))
+            return self._end(self._gone())
         if answer.get("ok") is not True:
             self.close()
             why = answer.get("error") or self._stderr() or "refused"
-            return self._end(Exchange(False, answer, f"its receiver: {why}", seconds))
-        return Exchange(True, answer, "ok", seconds)
+            return self._end(Exchange(False, answer, f"its receiver: {why}"))
+        return Exchange(True, answer, "ok")
 
     def close(self, kill: bool = False) -> None:
         """End the session: the receiver sees the end of its input and exits (``kill``:
@@ -177,20 +174,19 @@ class Session:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
 
-    def _gone(self, seconds: float) -> Exchange:
+    def _gone(self) -> Exchange:
         """The connection ended with no answer of ours: say why from ssh's exit."""
         self.close()
         code, err = self._closed, self._stderr()
         if code == SSH_UNREACHABLE:
             if not err:  # ssh says why it failed; a signal ends the remote side silently
                 return Exchange(False, None, "the connection ended with no answer (its "
-                                "receiver was killed by a signal?)", seconds)
-            return Exchange(False, None, f"unreachable: {_ssh_error(err, self.target)}",
-                            seconds)
+                                "receiver was killed by a signal?)")
+            return Exchange(False, None, f"unreachable: {_ssh_error(err, self.target)}")
         first = _first_line(err.encode())
         return Exchange(False, None, f"no answer from its receiver (exit {code}"
                         f"{': ' + first if first else ''}; is the key's forced command "
-                        "'certbot-atomic-deploy --config FILE receive'?)", seconds)
+                        "'certbot-atomic-deploy --config FILE receive'?)")
 
     def _stderr(self) -> str:
         """What ssh and the receiver said on stderr (once the session is closed)."""
@@ -233,8 +229,7 @@ def _ssh_error(text: str, target: HostTarget) -> str:
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
         return (f"its host key is not the one pinned in {target.known_hosts} ({last}); "
                 "if the host was reinstalled, pin its new key there")
-    if "No ED25519 host key is known" in text or "No matching host key" in text or (
-            "host key is known" in text):
+    if "host key is known" in text or "No matching host key" in text:
         return f"{last} (pin its key in {target.known_hosts})"
     return last
 
