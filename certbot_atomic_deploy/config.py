@@ -32,6 +32,14 @@ from typing import NamedTuple
 
 from configobj import ConfigObj, ConfigObjError, Section
 
+from certbot_atomic_deploy.dane import (
+    DEFAULT_GRACE_DAYS,
+    NEAR_EXPIRY,
+    Dane,
+    Server,
+    Update,
+    parse_server,
+)
 from certbot_atomic_deploy.pem import (
     DIRECTORY_FILES,
     FILE_FORMATS,
@@ -107,6 +115,10 @@ def _probe_spec(value: object) -> object:
     return parse_probe(_one(value, "one HOST:PORT[/PROTO]"))
 
 
+def _dns_server(value: object) -> object:
+    return parse_server(_one(value, "one ADDRESS[:PORT]"))
+
+
 def _keep(value: object) -> object:
     text = _one(value, "a number")
     if not text.isdigit() or not 0 <= int(text) <= 100:
@@ -143,15 +155,26 @@ SPEC: dict[str, Callable[[object], object]] = {
     "parallel": _count(1, 256),
     "commit": _choice(COMMIT_POLICIES),
     "probe": _probe_spec,
+    "tlsa": _words,
+    "dns_server": _dns_server,
+    "dnssec": _choice(("require", "off")),
+    "tlsa_grace_days": _count(0, 365),
+    "tlsa_near_expiry": _choice(NEAR_EXPIRY),
+    "tlsa_update": _text("one path"),
+    "tlsa_update_server": _dns_server,
+    "tlsa_zone": _text("one zone name"),
 }
 _FORMATS = ", ".join(repr(f) for f in _FORMAT_NAMES)
 # Keys that only make sense per target, never in [defaults]; and the other way round.
-_TARGET_ONLY = ("path", "directory", "preset", "host", "probe")
+_TARGET_ONLY = ("path", "directory", "preset", "host", "probe", "tlsa")
 _RUN_WIDE = ("metrics_file", "issuers", "parallel", "commit")
 # What a host target's receiver decides in its own config: never the sender's.
 _RECEIVER_ONLY = ("path", "directory", "format", "owner", "group", "mode", "check", "reload",
                   "reader", "password_file", "preset", "dont_blame_sendmail")
 _PUSH_ONLY = ("identity", "known_hosts", "connect_timeout")
+# What only a target with tlsa = (the DANE gate, certbot_atomic_deploy.dane) takes.
+_DANE_ONLY = ("tlsa_grace_days", "tlsa_near_expiry", "tlsa_update", "tlsa_update_server",
+              "tlsa_zone")
 
 
 class FileOutput(NamedTuple):
@@ -202,6 +225,7 @@ class Target(NamedTuple):
     timeout: float = DEFAULT_TIMEOUT  # of each check and reload command
     reader: str | None = None  # the daemon's user: must open the key before any reload
     probe: Probe | None = None  # after the reload: the daemon must serve what was published
+    dane: Dane | None = None  # tlsa =: the published TLSA records must vouch for a new key
 
     @property
     def destination(self) -> str:
@@ -445,7 +469,55 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         timeout=DEFAULT_TIMEOUT if get("timeout") is None else float(str(get("timeout"))),
         reader=None if reader is None else str(reader),
         probe=_probe_of(section),
+        dane=_dane_of(name, section, defaults, file),
         preset=str(preset_name) if preset_name is not None else None)
+
+
+def _dane_of(name: str, section: dict[str, object], defaults: dict[str, object],
+             file: str) -> Dane | None:
+    """A target's TLSA gate: ``tlsa =`` and the keys beside it (dns_server and dnssec
+    may come from [defaults]; the rest belong to the target)."""
+    names = tuple(n.rstrip(".") for n in _words(section.get("tlsa") or []))
+    if not names:
+        for key in _DANE_ONLY:
+            if section.get(key) is not None or defaults.get(key) is not None:
+                raise ConfigError(f"{file}: [{name}] {key}: only a target with tlsa = "
+                                  "_PORT._tcp.HOST takes it")
+        return None
+    for n in names:
+        if not re.match(r"^_[0-9]{1,5}\._(tcp|udp|sctp)\.[A-Za-z0-9*._-]+$", n):
+            raise ConfigError(f"{file}: [{name}] tlsa: '{n}' is not a TLSA owner name "
+                              "(_PORT._tcp.HOST, e.g. _25._tcp.mx.example.org)")
+
+    def get(key: str) -> object:
+        value = section.get(key)
+        return defaults.get(key) if value is None else value
+
+    update = None
+    key_file = get("tlsa_update")
+    if key_file is not None:
+        where = f"{file}: [{name}] tlsa_update"
+        primary, zone = get("tlsa_update_server"), get("tlsa_zone")
+        if not isinstance(primary, Server) or zone is None:
+            raise ConfigError(f"{where}: also give tlsa_update_server = ADDRESS[:PORT] (the "
+                              "zone's primary) and tlsa_zone = ZONE")
+        zone_name = str(zone).rstrip(".")
+        outside = [n for n in names if not (n == zone_name or n.endswith("." + zone_name))]
+        if outside:
+            raise ConfigError(f"{file}: [{name}] tlsa_zone: {', '.join(outside)} is not in "
+                              f"zone {zone_name}")
+        from certbot_atomic_deploy.dane import read_tsig
+
+        read_tsig(_absolute(str(key_file), where))  # refused now, not mid-rollover
+        update = Update(_absolute(str(key_file), where), primary, zone_name)
+    elif get("tlsa_update_server") is not None or get("tlsa_zone") is not None:
+        raise ConfigError(f"{file}: [{name}] tlsa_update: missing; tlsa_update_server and "
+                          "tlsa_zone publish through it (RFC 2136 with a TSIG key file)")
+    server, grace, rule = get("dns_server"), get("tlsa_grace_days"), get("tlsa_near_expiry")
+    return Dane(names=names, server=server if isinstance(server, Server) else None,
+                dnssec=get("dnssec") == "require",
+                grace_days=DEFAULT_GRACE_DAYS if grace is None else int(str(grace)),
+                near_expiry="switch" if rule is None else str(rule), update=update)
 
 
 def _probe_of(section: dict[str, object]) -> Probe | None:

@@ -66,7 +66,7 @@ from certbot_atomic_deploy.commands import (
 )
 from certbot_atomic_deploy.config import Config, FileOutput, HostTarget, Target
 from certbot_atomic_deploy.payload import Payload, payload_for
-from certbot_atomic_deploy.pem import Material, list_lineages, read_lineage
+from certbot_atomic_deploy.pem import Material, list_lineages, read_certificates, read_lineage
 from certbot_atomic_deploy.publish import (
     NewFile,
     Undo,
@@ -87,6 +87,8 @@ from certbot_atomic_deploy.state import (
 )
 from daemon_keys.atomicfile import open_for_writing
 from daemon_keys.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
     ConfigError,
     KeysError,
     UsageError,
@@ -97,6 +99,7 @@ from daemon_keys.errors import (
 from daemon_keys.fs import Leftovers
 
 if TYPE_CHECKING:
+    from certbot_atomic_deploy.dane import Decision
     from certbot_atomic_deploy.push import Exchange, Session
     from certbot_atomic_deploy.validate import CertInfo
 
@@ -210,6 +213,8 @@ class Deployer:
         self._probe_local({p.target.name for p in passed} | reloaded, result,
                           every=wanted is None)  # (8)
         self.push(wanted, dry_run, result)  # (9)
+        self._retire(result)  # (10)
+        self._flush(result)
         return result
 
     def _resume_checks(self, done: set[str], result: RunResult) -> None:
@@ -284,12 +289,16 @@ class Deployer:
             self.state.put(target.name, state)
 
     def finish_pending(self) -> RunResult:
-        """``reload-pending``: the checks and then the reloads earlier runs left pending."""
-        result = RunResult()
+        """``reload-pending``: the switches the DANE gate holds (a run for their lineages),
+        then the checks and the reloads earlier runs left pending."""
+        held = self._held()
+        result = self.deploy(held) if held else RunResult()
         self._resume_checks(set(), result)
         self._flush(result)
         self._probe_local(self.run_reloads(result), result)
         self.push(set(), False, result)  # only the pushes left pending
+        self._retire(result)
+        self._flush(result)
         return result
 
     # -- probes (proof of what is served)
@@ -555,12 +564,23 @@ class Deployer:
             from certbot_atomic_deploy.validate import require_covered
             info = self.checked(lineage)  # (3)
             require_covered(info, target.domains, material.sources["cert"])
+            warning = ""
+            if target.dane is not None:  # (3) the DANE gate
+                decision = self._gate(target, state, material, dry_run)
+                if not decision.go:
+                    result.outcomes.append(Outcome(
+                        target.name, lineage, decision.status,
+                        f"[{target.name}] {decision.detail}; {target.destination} keeps "
+                        f"{_held_desc(state)}", material.version, info.serial,
+                        exit_code=EXIT_OK if decision.status == "waiting" else EXIT_FAILED))
+                    return None
+                warning = f"; {decision.detail}" if decision.detail else ""
             if dry_run:
                 self._check_publishable(target)
                 result.outcomes.append(Outcome(
                     target.name, lineage, "planned",
                     f"would publish {lineage} v{material.version} (serial {info.serial}) to "
-                    f"{target.describe()} as {_modes(target)}{_commands(target)}",
+                    f"{target.describe()} as {_modes(target)}{_commands(target)}{warning}",
                     material.version, info.serial))
                 return None
             files = payload.build()
@@ -573,10 +593,71 @@ class Deployer:
         outcome = Outcome(
             target.name, lineage, "published",
             f"{target.destination}: {lineage} v{material.version} (serial {info.serial}, "
-            f"expires {info.not_after:%Y-%m-%d})", material.version, info.serial)
+            f"expires {info.not_after:%Y-%m-%d}){warning}", material.version, info.serial)
         result.outcomes.append(outcome)
         return Published(target, lineage, outcome, undo, record, _file_bytes(target, files),
                          state.copy())
+
+    def _gate(self, target: Target, state: TargetState, material: Material,
+              dry_run: bool) -> Decision:
+        """The DANE gate (:mod:`.dane`) for ``target``'s switch to ``material``; what it
+        decides is kept in the target's state (unless ``dry_run``)."""
+        from certbot_atomic_deploy.dane import Served, gate
+        from certbot_atomic_deploy.tlsa import der_of
+
+        assert target.dane is not None
+        current, served = state.current, None
+        if current is not None:
+            try:
+                old: list[bytes] | None = [der_of(b) for b in read_certificates(
+                    self.config_dir, current.lineage, current.version)]
+            except KeysError:
+                old = None  # pruned from the archive: its records are left alone
+            served = Served(current.version, current.seq,
+                            _when(current.not_after), old)
+        decision = gate(target.dane, material.version, [der_of(b) for b in material.chain],
+                        state.dane, served, self._clock(), dry_run)
+        if not dry_run:
+            state.dane = decision.state
+            self.state.put(target.name, state)
+        return decision
+
+    def _retire(self, result: RunResult) -> None:
+        """(10) With RFC 2136: remove the records of the key each target switched away
+        from, once a TTL has passed since the switch (:func:`.dane.retire`)."""
+        from certbot_atomic_deploy.dane import DnsError, retire
+
+        for target in self.config.targets:
+            state = self.state.load(target.name)
+            if target.dane is None or state.dane is None or not state.dane.retire:
+                continue
+            try:
+                kept, said = retire(target.dane, state.dane,
+                                    state.current.seq if state.current else None,
+                                    state.pending is None, self._clock())
+            except DnsError as exc:
+                result.errors.append(f"[{target.name}] {exc} (retiring the old key's TLSA "
+                                     "records; every later run tries again)")
+                continue
+            if said:
+                result.notes.append(f"[{target.name}] {said}")
+                state.dane = kept
+                self.state.put(target.name, state)
+
+    def _clock(self) -> datetime.datetime:
+        return self.now or datetime.datetime.now(datetime.timezone.utc)
+
+    def _held(self) -> set[str]:
+        """The lineages of the targets whose switch the DANE gate holds."""
+        held = set()
+        for target in self.config.targets:
+            dane = self.state.load(target.name).dane
+            if target.dane is not None and dane is not None and dane.held is not None:
+                try:
+                    held.add(self.choose(target))
+                except KeysError:
+                    continue  # the run for every lineage says what is wrong
+        return held
 
     def _check_publishable(self, target: Target) -> None:
         """For a dry run: what step (4) would refuse about the destination directory
@@ -737,7 +818,11 @@ class Deployer:
                     row["lineage_version"] = material.version
                     row["detail"] = ("in sync" if row["in_sync"] else
                                      f"lineage is at v{material.version}; run deploy")
-                    if state.pending is not None:
+                    if state.dane is not None and state.dane.held is not None:
+                        row["in_sync"] = False
+                        row["detail"] = (f"switch to v{state.dane.held} held by DANE since "
+                                         f"{state.dane.since}: {state.dane.detail}")
+                    elif state.pending is not None:
                         row["in_sync"] = False
                         row["detail"] = (f"published, {state.pending} pending (since "
                                          f"{state.pending_since}; 'certbot-atomic-deploy "
@@ -748,7 +833,7 @@ class Deployer:
                 except KeysError as exc:  # the lineage, or a keystore's password file
                     row["in_sync"] = False
                     row["detail"] = str(exc)
-            rows.append({**row, **_probe_fields(state)})
+            rows.append({**row, **_probe_fields(state), **_dane_fields(state)})
         rows += [self._host_status(h) for h in self.config.hosts]
         return rows
 
@@ -839,6 +924,26 @@ def _probe_fields(state: TargetState) -> dict[str, object]:
     probe = state.probe
     return {"probe_ok": probe.ok if probe else None, "probe_detail": probe.detail if probe
             else None, "probe_at": probe.at if probe else None}
+
+
+def _dane_fields(state: TargetState) -> dict[str, object]:
+    dane = state.dane
+    if dane is None or dane.empty:
+        return {}
+    return {"tlsa_held": dane.held, "tlsa_held_since": dane.since,
+            "tlsa_publish": list(dane.publish), "tlsa_switch_after": dane.switch_after,
+            "tlsa_retire": list(dane.retire), "tlsa_retire_after": dane.retire_after}
+
+
+def _held_desc(state: TargetState) -> str:
+    current = state.current
+    return (f"v{current.version} (serial {current.serial})" if current is not None
+            else "what it serves (nothing published yet)")
+
+
+def _when(text: str) -> datetime.datetime:
+    when = datetime.datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
 
 
 def _probe_failed(probe: ProbeRun) -> str:

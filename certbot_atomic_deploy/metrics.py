@@ -16,7 +16,7 @@ from daemon_keys.atomicfile import open_for_writing, write_file_atomic
 
 METRICS_FILE_MODE = 0o644
 PREFIX = "certbot_atomic_deploy"
-RESULTS = ("published", "unchanged", "failed", "rolled-back")
+RESULTS = ("published", "unchanged", "failed", "rolled-back", "held", "waiting")
 # name, type, help
 _METRICS = (
     ("target_info", "gauge", "One per target: its lineage, destination, serial and preset."),
@@ -37,6 +37,11 @@ _METRICS = (
      "1 when the last probe found the daemon (or host) serving what was published, 0 when "
      "not; absent for a target without a probe or not probed yet."),
     ("target_probe_timestamp_seconds", "gauge", "When the last probe ran."),
+    ("target_tlsa_held", "gauge",
+     "1 while the DANE gate holds the target's switch to a new key (tlsa =), 0 when not; "
+     "absent for a target without tlsa."),
+    ("target_tlsa_publish", "gauge",
+     "1 per TLSA record that would let a held switch go (label: record, zone-file form)."),
 )
 
 
@@ -86,6 +91,10 @@ def render(rows: list[dict[str, object]]) -> str:
                     "1" if r["last_result"] == result else "0")
             add("target_last_result_timestamp_seconds", target,
                 _timestamp(r.get("last_run_at")))
+        if "tlsa_held" in r:
+            add("target_tlsa_held", target, "0" if r["tlsa_held"] is None else "1")
+            for record in r["tlsa_publish"] if isinstance(r["tlsa_publish"], list) else ():
+                add("target_tlsa_publish", {**target, "record": record}, "1")
         if r.get("probe_ok") is not None:
             add("target_probe_ok", target, "1" if r["probe_ok"] else "0")
             add("target_probe_timestamp_seconds", target, _timestamp(r.get("probe_at")))

@@ -23,7 +23,9 @@ class Outcome:
                  exit_code: int = EXIT_FAILED) -> None:
         self.target = target
         self.lineage = lineage
-        self.status = status  # published | unchanged | planned | failed | rolled-back
+        # published | unchanged | planned | failed | rolled-back | held (the DANE gate
+        # keeps the old key; exit 1) | waiting (for a TTL, after publishing its record)
+        self.status = status
         self.detail = detail
         self.version = version
         self.serial = serial
@@ -31,7 +33,7 @@ class Outcome:
 
     @property
     def failed(self) -> bool:
-        return self.status in ("failed", "rolled-back")
+        return self.status in ("failed", "rolled-back", "held")
 
 
 class RunResult:
@@ -40,6 +42,7 @@ class RunResult:
         self.outcomes = outcomes or []
         self.commands = commands or []
         self.errors: list[str] = []  # failures that belong to no single target
+        self.notes: list[str] = []  # what a run did beside its targets (printed, not failures)
 
     @property
     def ok(self) -> bool:
@@ -69,7 +72,8 @@ def print_result(result: RunResult, as_json: bool) -> None:
         print(json.dumps({
             "ok": result.ok,
             "targets": [vars(o) for o in result.outcomes],
-            "commands": [vars(c) for c in result.commands]}, indent=2))
+            "commands": [vars(c) for c in result.commands],
+            "notes": result.notes}, indent=2))
     else:
         for o in result.outcomes:
             if not o.failed:
@@ -77,6 +81,8 @@ def print_result(result: RunResult, as_json: bool) -> None:
         for c in result.commands:
             if c.ok:
                 print(f"{c.kind} ok: {c.command}")
+        for note in result.notes:
+            print(note)
     for line in failure_lines(result):
         print(f"{PROG}: {line}", file=sys.stderr)
 

@@ -77,21 +77,40 @@ class ProbeRun(NamedTuple):
     at: str  # ISO 8601, UTC
 
 
+class DaneState(NamedTuple):
+    """A ``tlsa =`` target's switch the DANE gate holds, and the records a rollover
+    over RFC 2136 added (and will retire). Times ISO 8601, UTC."""
+
+    held: int | None = None  # the lineage version whose switch is held, or None
+    since: str | None = None  # held since
+    detail: str = ""  # why (one line)
+    publish: tuple[str, ...] = ()  # zone-file lines that would let it switch
+    switch_after: str | None = None  # RFC 2136: the records added; every cache has them then
+    retire: tuple[str, ...] = ()  # "NAME U S M HEX": vouch for the old material only, to remove
+    retire_after: str | None = None  # once no cache can still send a sender to the old key
+    retire_for: int | None = None  # the seq of the record switched away from
+
+    @property
+    def empty(self) -> bool:
+        return self.held is None and not self.retire
+
+
 class TargetState:
     def __init__(self, current: Record | None = None,
                  history: list[Record] | None = None, pending: str | None = None,
                  pending_since: str | None = None, last: LastRun | None = None,
-                 probe: ProbeRun | None = None) -> None:
+                 probe: ProbeRun | None = None, dane: DaneState | None = None) -> None:
         self.current = current
         self.history = history or []  # older publishes, oldest first
         self.pending = pending  # one of PENDING, or None
         self.pending_since = pending_since  # when it became pending (ISO 8601, UTC)
         self.last = last  # what the last run that took this target did with it
         self.probe = probe  # the last probe of what it holds
+        self.dane = dane  # a switch the DANE gate holds, and records to retire
 
     def copy(self) -> TargetState:
         return TargetState(self.current, list(self.history), self.pending, self.pending_since,
-                           self.last, self.probe)
+                           self.last, self.probe, self.dane)
 
     def set_pending(self, what: str | None, now: str) -> None:
         if what is None:
@@ -156,6 +175,7 @@ class StateDir:
                                  f"{', '.join(PENDING)}")
             last = _mapping(t.get("last") or {}, f"{name} last")
             probe = _mapping(t.get("probe") or {}, f"{name} probe")
+            dane = _mapping(t.get("dane") or {}, f"{name} dane")
             targets[name] = TargetState(
                 current=_record(t["current"]) if t.get("current") else None,
                 history=[_record(r) for r in _list(t.get("history", []))],
@@ -163,7 +183,8 @@ class StateDir:
                 pending_since=_text_or_none(pending.get("since")),
                 last=LastRun(str(last["result"]), str(last["at"])) if last else None,
                 probe=ProbeRun(probe["ok"] is True, str(probe["detail"]), str(probe["at"]))
-                if probe else None)
+                if probe else None,
+                dane=_dane(dane) if dane else None)
             for seq, text in _mapping(t.get("files", {}), "files").items():
                 copies[(name, int(seq))] = _legacy_bytes(str(text))  # 0.1.0 kept them inline
         if copies:
@@ -200,7 +221,8 @@ class StateDir:
                    **({"pending": {"what": t.pending, "since": t.pending_since}}
                       if t.pending else {}),
                    **({"last": t.last._asdict()} if t.last else {}),
-                   **({"probe": t.probe._asdict()} if t.probe else {})}
+                   **({"probe": t.probe._asdict()} if t.probe else {}),
+                   **({"dane": t.dane._asdict()} if t.dane and not t.dane.empty else {})}
             for name, t in sorted(targets.items())}},
             separators=(",", ":")).encode()  # compact: the C encoder (indent is Python's)
         fd = self._open()
@@ -324,6 +346,29 @@ def _text_or_none(value: object) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"'{value}' is not a time")
     return value
+
+
+def _int_or_none(value: object) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"'{value}' is not a number")
+    return value
+
+
+def _dane(fields: dict[str, object]) -> DaneState:
+    """A DaneState from its JSON, each field of its type."""
+    held = _int_or_none(fields.get("held"))
+    lists = {}
+    for key in ("publish", "retire"):
+        items = fields.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"dane field '{key}': not a list of records")
+        lists[key] = tuple(items)
+    return DaneState(held=held, since=_text_or_none(fields.get("since")),
+                     detail=str(fields.get("detail", "")), publish=lists["publish"],
+                     switch_after=_text_or_none(fields.get("switch_after")),
+                     retire=lists["retire"],
+                     retire_after=_text_or_none(fields.get("retire_after")),
+                     retire_for=_int_or_none(fields.get("retire_for")))
 
 
 def _record(value: object) -> Record:

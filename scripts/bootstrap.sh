@@ -32,6 +32,8 @@ command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 [ -x /usr/bin/certbot ] || missing+=(certbot)
 dpkg -s python3-pytest python3-build python3-setuptools python3-wheel >/dev/null 2>&1 ||
     missing+=(python3-pytest python3-build python3-setuptools python3-wheel)
+# The DANE gate's DNS library, as Debian ships it (imported only for tlsa = targets).
+dpkg -s python3-dnspython >/dev/null 2>&1 || missing+=(python3-dnspython)
 # The daemons the end-to-end tests run (each test starts its own private instance).
 daemons=()
 [ -x /usr/sbin/postfix ] || daemons+=(postfix)
@@ -46,6 +48,10 @@ daemons=()
 [ -x /usr/sbin/couriertcpd ] || daemons+=(courier-base)
 dpkg -s samba-ad-dc samba-ad-provision >/dev/null 2>&1 || daemons+=(samba-ad-dc samba-ad-provision)
 [ -x /usr/sbin/sshd ] || daemons+=(openssh-server)  # private sshd "hosts" for pushes
+# The DANE tests: an authoritative server (signing, RFC 2136), its client tools
+# (kdig, knsupdate), and a validating resolver.
+[ -x /usr/sbin/knotd ] && [ -x /usr/bin/knsupdate ] || daemons+=(knot knot-dnsutils)
+[ -x /usr/sbin/unbound ] || daemons+=(unbound)
 # Exim, OpenSMTPD, sendmail and courier-imap conflict with Postfix (or Dovecot): they
 # are unpacked below, never installed; what they link against is installed here.
 dpkg -s libidn12 liblockfile1 m4 >/dev/null 2>&1 || daemons+=(libidn12 liblockfile1 m4)
