@@ -167,12 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
         "forced command of a sender's key in authorized_keys; --config is this host's own"))
     tlsa = sub.add_parser("tlsa", help=(
         "print the DANE TLSA records (3 1 1 for the key, 2 1 1 for each CA) of each "
-        "lineage's newest version and of every version a target holds, in zone-file form"))
+        "lineage's newest version, of every version a target holds and of every switch "
+        "the DANE gate holds, in zone-file form, under each tlsa = name of its targets"))
     tlsa.add_argument("--lineage", action="append", default=[], metavar="NAME",
                       help="this lineage (repeatable; default: every lineage a target takes)")
     tlsa.add_argument("--name", metavar="OWNER", default=None, help=(
-        "the records' owner name, e.g. _25._tcp.mx.example.org (default: _25._tcp. and the "
-        "certificate's first name that is not a wildcard)"))
+        "the records' owner name, e.g. _25._tcp.mx.example.org (default: the tlsa = names "
+        "of the lineage's targets, else _25._tcp. and the certificate's first name that is "
+        "not a wildcard)"))
     pending = sub.add_parser("reload-pending", help=(
         "run every pending check and reload once (certbot's --post-hook, with "
         "--defer-reloads on the deploy hook)"))
@@ -233,14 +235,13 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         for t in config.targets:  # say now what a deploy would refuse
             if isinstance(t.output, FileOutput) and t.output.password_file:
                 read_password(t.name, t.output.password_file)
-        everyone: list[Target | HostTarget] = [*config.targets, *config.hosts]
-        for each in everyone:
+        for each in config.everyone:
             try:
                 chosen[each.name] = deployer.choose(each)
             except ConfigError:
                 raise
             except KeysError as exc:  # no such lineage yet: the config itself is fine
-                chosen[t.name] = f"none yet ({exc})"
+                chosen[each.name] = f"none yet ({exc})"
         print_config(config, chosen)
         return EXIT_OK
     if command == "units":
@@ -368,7 +369,7 @@ def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int
     from certbot_atomic_deploy.pem import read_certificates
     from certbot_atomic_deploy.tlsa import der_of, records_for
 
-    everyone: list[Target | HostTarget] = [*deployer.config.targets, *deployer.config.hosts]
+    everyone = deployer.config.everyone
     lineages = list(args.lineage)
     if not lineages:
         for target in everyone:
@@ -384,11 +385,19 @@ def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int
     for lineage in lineages:
         newest = deployer.material(lineage)
         holders: dict[int, list[str]] = {}
+        held: dict[int, list[str]] = {}
+        owners: list[str] = []
         for target in everyone:
-            current = deployer.state.load(target.name).current
-            if current is not None and current.lineage == lineage:
-                holders.setdefault(current.version, []).append(target.name)
-        for version in sorted({newest.version, *holders}, reverse=True):
+            state = deployer.state.load(target.name)
+            if state.current is not None and state.current.lineage == lineage:
+                holders.setdefault(state.current.version, []).append(target.name)
+            if target.dane is not None and _takes(deployer, target, lineage):
+                owners += [n for n in target.dane.names if n not in owners]
+                if state.dane is not None and state.dane.held is not None:
+                    held.setdefault(state.dane.held, []).append(target.name)
+        if args.name:
+            owners = [args.name]
+        for version in sorted({newest.version, *holders, *held}, reverse=True):
             blocks = (list(newest.chain) if version == newest.version
                       else read_certificates(deployer.config_dir, lineage, version))
             chain = [der_of(b) for b in blocks]
@@ -396,11 +405,21 @@ def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int
                     if version in holders else [])
             if version == newest.version:
                 said.insert(0, "the lineage's newest")
-            owner = args.name or _tlsa_owner(deployer, lineage)
+            if version in held:
+                said.append(f"the switch of {', '.join(f'[{n}]' for n in held[version])} "
+                            "to it waits for one of these records")
             print(f"; {lineage} v{version}: {'; '.join(said) or 'held by no target'}")
-            for record in records_for(chain):
-                print(f"{owner.rstrip('.')}. IN TLSA {record.text()}")
+            for owner in owners or [_tlsa_owner(deployer, lineage)]:
+                for record in records_for(chain):
+                    print(f"{owner.rstrip('.')}. IN TLSA {record.text()}")
     return EXIT_OK
+
+
+def _takes(deployer: Deployer, target: Target | HostTarget, lineage: str) -> bool:
+    try:
+        return deployer.choose(target) == lineage
+    except KeysError:
+        return False
 
 
 def _tlsa_owner(deployer: Deployer, lineage: str) -> str:

@@ -255,6 +255,7 @@ class HostTarget(NamedTuple):
     timeout: float = DEFAULT_TIMEOUT  # of each exchange with the host, its commands included
     keep: int = DEFAULT_KEEP
     probe: Probe | None = None  # after the commit: the host must serve what it committed
+    dane: Dane | None = None  # tlsa =: the published TLSA records must vouch before a push
 
     @property
     def destination(self) -> str:
@@ -275,6 +276,11 @@ class Config(NamedTuple):
     hosts: tuple[HostTarget, ...] = ()
     parallel: int = DEFAULT_PARALLEL
     commit: str = "each"
+
+    @property
+    def everyone(self) -> list[Target | HostTarget]:
+        """Every target, local ones first, then the hosts."""
+        return [*self.targets, *self.hosts]
 
     @property
     def state_dir(self) -> str:
@@ -342,7 +348,8 @@ def _host_target(name: str, section: dict[str, object], defaults: dict[str, obje
         known_hosts=path("known_hosts", os.path.join(ssh_dir, "known_hosts")),
         connect_timeout=DEFAULT_CONNECT_TIMEOUT if connect is None else int(str(connect)),
         timeout=DEFAULT_TIMEOUT if timeout is None else float(str(timeout)),
-        keep=DEFAULT_KEEP if keep is None else int(str(keep)), probe=_probe_of(section))
+        keep=DEFAULT_KEEP if keep is None else int(str(keep)), probe=_probe_of(section),
+        dane=_dane_of(name, section, defaults, file))
 
 
 def _check_push_files(hosts: tuple[HostTarget, ...]) -> None:

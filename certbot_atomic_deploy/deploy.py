@@ -99,7 +99,6 @@ from daemon_keys.errors import (
 from daemon_keys.fs import Leftovers
 
 if TYPE_CHECKING:
-    from certbot_atomic_deploy.dane import Decision
     from certbot_atomic_deploy.push import Exchange, Session
     from certbot_atomic_deploy.validate import CertInfo
 
@@ -458,12 +457,15 @@ class Deployer:
                     continue
                 info = self.checked(lineage)
                 require_covered(info, target.domains, material.sources["cert"])
+                warning = self._gate(target, state, material, info, dry_run, result)  # (3)
             except KeysError as exc:
                 result.outcomes.append(Outcome(target.name, lineage, "failed", str(exc),
                                                exit_code=exit_code(exc)))
                 continue
+            if warning is None:
+                continue
             what = (f"{target.destination}: {lineage} v{material.version} (serial "
-                    f"{info.serial}, expires {info.not_after:%Y-%m-%d})")
+                    f"{info.serial}, expires {info.not_after:%Y-%m-%d}){warning}")
             if dry_run:
                 result.outcomes.append(Outcome(
                     target.name, lineage, "planned",
@@ -564,17 +566,9 @@ class Deployer:
             from certbot_atomic_deploy.validate import require_covered
             info = self.checked(lineage)  # (3)
             require_covered(info, target.domains, material.sources["cert"])
-            warning = ""
-            if target.dane is not None:  # (3) the DANE gate
-                decision = self._gate(target, state, material, dry_run)
-                if not decision.go:
-                    result.outcomes.append(Outcome(
-                        target.name, lineage, decision.status,
-                        f"[{target.name}] {decision.detail}; {target.destination} keeps "
-                        f"{_held_desc(state)}", material.version, info.serial,
-                        exit_code=EXIT_OK if decision.status == "waiting" else EXIT_FAILED))
-                    return None
-                warning = f"; {decision.detail}" if decision.detail else ""
+            warning = self._gate(target, state, material, info, dry_run, result)  # (3)
+            if warning is None:
+                return None
             if dry_run:
                 self._check_publishable(target)
                 result.outcomes.append(Outcome(
@@ -598,14 +592,17 @@ class Deployer:
         return Published(target, lineage, outcome, undo, record, _file_bytes(target, files),
                          state.copy())
 
-    def _gate(self, target: Target, state: TargetState, material: Material,
-              dry_run: bool) -> Decision:
-        """The DANE gate (:mod:`.dane`) for ``target``'s switch to ``material``; what it
-        decides is kept in the target's state (unless ``dry_run``)."""
+    def _gate(self, target: Target | HostTarget, state: TargetState, material: Material,
+              info: CertInfo, dry_run: bool, result: RunResult) -> str | None:
+        """(3) The DANE gate (:mod:`.dane`) for ``target``'s switch to ``material``, if it
+        has ``tlsa =``: None when the switch is held (its outcome is in ``result``), else
+        what to add to the outcome (a warning, or ""). What the gate decides is kept in
+        the target's state (unless ``dry_run``)."""
+        if target.dane is None:
+            return ""
         from certbot_atomic_deploy.dane import Served, gate
         from certbot_atomic_deploy.tlsa import der_of
 
-        assert target.dane is not None
         current, served = state.current, None
         if current is not None:
             try:
@@ -620,14 +617,21 @@ class Deployer:
         if not dry_run:
             state.dane = decision.state
             self.state.put(target.name, state)
-        return decision
+        if decision.go:
+            return f"; {decision.detail}" if decision.detail else ""
+        result.outcomes.append(Outcome(
+            target.name, material.lineage, decision.status,
+            f"[{target.name}] {decision.detail}; {target.destination} keeps "
+            f"{_held_desc(state)}", material.version, info.serial,
+            exit_code=EXIT_OK if decision.status == "waiting" else EXIT_FAILED))
+        return None
 
     def _retire(self, result: RunResult) -> None:
         """(10) With RFC 2136: remove the records of the key each target switched away
         from, once a TTL has passed since the switch (:func:`.dane.retire`)."""
         from certbot_atomic_deploy.dane import DnsError, retire
 
-        for target in self.config.targets:
+        for target in self.config.everyone:
             state = self.state.load(target.name)
             if target.dane is None or state.dane is None or not state.dane.retire:
                 continue
@@ -650,7 +654,7 @@ class Deployer:
     def _held(self) -> set[str]:
         """The lineages of the targets whose switch the DANE gate holds."""
         held = set()
-        for target in self.config.targets:
+        for target in self.config.everyone:
             dane = self.state.load(target.name).dane
             if target.dane is not None and dane is not None and dane.held is not None:
                 try:
@@ -842,7 +846,7 @@ class Deployer:
         state = self.state.load(target.name)
         current = state.current
         row = {**_row(target.name, target.destination, state), "host": target.host,
-               "in_sync": False, **_probe_fields(state)}
+               "in_sync": False, **_probe_fields(state), **_dane_fields(state)}
         try:
             lineage = self.choose(target)
             material = self.material(lineage)
@@ -852,7 +856,10 @@ class Deployer:
         row["lineage_version"] = material.version
         held = current is not None and (current.lineage, current.version) == (
             lineage, material.version)
-        if state.pending == PENDING_PUSH:
+        if state.dane is not None and state.dane.held is not None:
+            row["detail"] = (f"push of {lineage} v{state.dane.held} held by DANE since "
+                             f"{state.dane.since}: {state.dane.detail}")
+        elif state.pending == PENDING_PUSH:
             probed = (f"; the last probe ({state.probe.at}): {state.probe.detail}"
                       if state.probe is not None and not state.probe.ok else "")
             row["detail"] = (f"push of {lineage} v{material.version} pending (since "

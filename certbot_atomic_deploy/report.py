@@ -119,6 +119,8 @@ def print_config(config: Config, chosen: dict[str, str]) -> None:
             print(f"    check: open the key as {t.reader} (the daemon's user)")
         if t.probe:
             print(f"    probe: {t.probe.describe()} must serve it after the reload")
+        if t.dane:
+            print(f"    dane: {t.dane.describe()}")
         for c in t.check:
             print(f"    check: {c}")
         for c in t.reload:
@@ -131,5 +133,7 @@ def print_config(config: Config, chosen: dict[str, str]) -> None:
               f"timeout {h.connect_timeout} s, {h.timeout:g} s an exchange")
         if h.probe:
             print(f"    probe: {h.probe.describe()} must serve it after the commit")
+        if h.dane:
+            print(f"    dane: {h.dane.describe()}")
     if config.hosts:
         print(f"push: {config.parallel} host(s) at once; commit = {config.commit}")

@@ -12,6 +12,7 @@ import hashlib
 import json
 import subprocess
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.support.daemons import postfix
 from tests.support.dns import TTL, ZONE, Knot, knot, unbound, write_tsig_key
 from tests.support.site import basic_conf, deploy, new_version, one_line
 from tests.support.testbed import free_port
+from tests.test_fleet import Fleet, _postfix_bytes
 
 pytestmark = [pytest.mark.root, pytest.mark.daemon]
 
@@ -69,10 +71,10 @@ def status(site: Path) -> dict[str, object]:
     return next(r for r in rows if r["target"] == "postfix")
 
 
-def add_record(server: Knot, data: str) -> None:
+def add_record(server: Knot, data: str, owner: str = MX) -> None:
     """Publish a record the way an operator would: knsupdate with the zone's TSIG key."""
     script = (f"server 127.0.0.1 {server.port}\nzone {ZONE}.\n"
-              f"update add {MX}. {TTL} TLSA {data}\nsend\n")
+              f"update add {owner}. {TTL} TLSA {data}\nsend\n")
     subprocess.run(["knsupdate", "-y", f"hmac-sha256:atomic-deploy:{server.secret}"],
                    input=script, text=True, check=True, capture_output=True, timeout=30)
     time.sleep(TTL + 1)  # what a cache could hold has expired
@@ -256,3 +258,32 @@ def test_a_validated_answer_switches_and_a_forged_one_is_refused(
             went = run(site, "deploy", "--all")
             assert went.returncode == 0, went.stderr
             assert published(site) == version_bytes(site, 2)
+
+
+def test_a_hosts_push_waits_for_the_record_of_that_host(site: Path, run_dir: Path) -> None:
+    """Two MX hosts behind ssh, each with its own TLSA name: the one whose record for the
+    new key is published gets it; the other keeps the old key (its receiver is sent
+    nothing) until its record appears, and reload-pending then pushes it."""
+    owners = [f"_25._tcp.mx{i}.{ZONE}" for i in range(2)]
+    records = [f"{o}. 3600 IN TLSA {ee(site, 1)}" for o in owners]
+    with ExitStack() as stack:
+        dns = stack.enter_context(knot(run_dir / "knot", records))
+        fleet = Fleet(run_dir, site / "le", 2, stack, defaults=f"dns_server = {dns.server()}")
+        conf = fleet.conf.read_text()
+        for i, owner in enumerate(owners):
+            conf = conf.replace(f"[h{i}]\n", f"[h{i}]\ntlsa = {owner}\n")
+        fleet.conf.write_text(conf)
+        assert deploy(site / "le", "deploy", "--all").returncode == 0
+        old = _postfix_bytes(site / "le")
+        new_version(site, 2)
+        add_record(dns, ee(site, 2), owners[0])
+        done = deploy(site / "le", "deploy", "--all")
+        assert done.returncode == 1
+        assert "[h1]" in one_line(done) and f"{owners[1]}. IN TLSA {ee(site, 2)}" in one_line(done)
+        new = _postfix_bytes(site / "le")
+        assert [fleet.published(i) for i in range(2)] == [new, old]
+        assert fleet.status()["h1"]["tlsa_held"] == 2
+        add_record(dns, ee(site, 2), owners[1])
+        retried = deploy(site / "le", "reload-pending")
+        assert retried.returncode == 0, retried.stderr
+        assert [fleet.published(i) for i in range(2)] == [new, new]
