@@ -115,6 +115,10 @@ def test_a_key_no_record_vouches_for_is_held_until_its_record_appears(
         prom = run(site, "status", "--prometheus").stdout
         assert 'certbot_atomic_deploy_target_tlsa_held{target="postfix"} 1' in prom
         assert f'record="{MX}. IN TLSA {ee(site, 2)}"' in prom
+        printed = run(site, "tlsa").stdout.splitlines()  # what to publish, under tlsa =
+        assert printed[:2] == [
+            "; mail v2: the lineage's newest; the switch of [postfix] to it waits for one of "
+            "these records", f"{MX}. IN TLSA {ee(site, 2)}"]
 
         add_record(dns, ee(site, 2))
         went = run(site, "deploy", "--lineage", "mail")
