@@ -9,6 +9,9 @@ the same run, on the same machine, with the same interpreter.
    shell baseline doing cat/chown/chmod/mv for the same files; peak memory
    (target: at most 40 MiB);
 2. the hook when nothing changed (target: at most 60 ms; cryptography not imported);
+   and, for targets without ``tlsa =``, the hook (nothing changed; publishing) of this
+   tree against the tree before the DANE gate (``git archive``), in turn each round
+   (target: unchanged; dnspython not imported);
 3. system calls per published file target, counted by ``strace -c`` (target: at
    most 2 fsyncs and 1 rename), and publish time against a bare
    write/fsync/rename/fsync floor (target: within 2x);
@@ -201,6 +204,52 @@ def bench_unchanged(root: Path, runs: int) -> None:
         f"{wall * 1000:.0f} ms (bare python {bare * 1000:.0f} ms); cryptography imported: "
         f"{'yes' if crypto else 'no'}", "<= 60 ms, no cryptography",
         wall <= 0.060 and not crypto)
+
+
+# The last commit before the DANE gate (issue 15): what "unchanged" is measured against.
+BEFORE_DANE = "22c1b07"
+
+
+def _tree(rev: str, where: Path) -> Path:
+    """The packages as they were at ``rev`` (git archive), byte-compiled like ours."""
+    where.mkdir()
+    top = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(top), "archive", rev, "daemon_keys",
+                              "certbot_perms", "certbot_atomic_deploy"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(where)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return where
+
+
+def bench_dane(root: Path, runs: int, baseline: str = BEFORE_DANE) -> None:
+    """The hook for targets without ``tlsa =``, this tree against the tree before the DANE
+    gate, both run as ``python -m certbot_atomic_deploy`` from their own sources, in turn
+    each round: no change (5 targets), and a publish to the same 5 targets."""
+    config = make_site(root)
+    new_key, new_chain = make_chain(["mail.example.org"])
+    write_lineage(config, "mail", 2, pem_of(new_key), new_chain)
+    top = Path(__file__).resolve().parent.parent
+    trees = {"before": _tree(baseline, root / "before"), "now": top}
+    env = {name: dict(os.environ, RENEWED_LINEAGE=str(config / "live" / "mail"),
+                      PYTHONPATH=str(tree)) for name, tree in trees.items()}
+    hook = [sys.executable, "-m", "certbot_atomic_deploy"]
+    subprocess.run(hook, env=env["now"], check=True, stdout=subprocess.DEVNULL)
+    idle = interleaved({name: (hook, env[name], None) for name in trees}, runs)
+    deploy = [*hook, "--config-dir", str(config), "deploy", "--all"]
+    busy = interleaved({name: (deploy, env[name], flip_script(config)) for name in trees}, runs)
+    imports = subprocess.run([sys.executable, "-X", "importtime", *hook[1:]], env=env["now"],
+                             capture_output=True, text=True).stderr
+    for what, figures in (("no change", idle), ("publishing", busy)):
+        before, now = figures["before"][0], figures["now"][0]
+        row(f"hook without tlsa =, 5 targets, {what}: this tree vs {baseline} (before the "
+            "DANE gate), median wall",
+            f"{now * 1000:.1f} ms vs {before * 1000:.1f} ms = {now / before:.2f}x"
+            + ("; dns (dnspython) imported: " + ("yes" if "dns." in imports else "no")
+               if what == "no change" else ""),
+            "unchanged (within the run-to-run spread, about 5%)",
+            now / before <= 1.05)
 
 
 def bench_syscalls(root: Path, runs: int) -> None:
@@ -433,8 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=15, help="repeats per timing")
     parser.add_argument("--skip-renew", action="store_true")
     parser.add_argument("--only", default="", metavar="PARTS",
-                        help="comma-separated: deploy, unchanged, syscalls, check, shared, "
-                             "renew")
+                        help="comma-separated: deploy, unchanged, dane, syscalls, check, "
+                             "shared, renew")
     args = parser.parse_args(argv)
     byte_compile()
     root = Path(tempfile.mkdtemp(prefix="hook-bench-"))
@@ -442,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, fn, runs in (("deploy", bench_deploy, args.runs),
                                ("unchanged", bench_unchanged, args.runs),
+                               ("dane", bench_dane, args.runs),
                                ("syscalls", bench_syscalls, args.runs),
                                ("check", bench_check, 5),
                                ("shared", bench_shared, 3),

@@ -96,7 +96,20 @@ commit (commit = each, or all: no host commits unless every host of the lineage 
 [defaults] only, as is parallel = N, the hosts pushed to at once, default 8). identity
 and known_hosts default to CONFIG_DIR/atomic-deploy.ssh/id_ed25519 and known_hosts (the
 pinned host keys); connect_timeout (default 10 s). A host that fails stays pending: every
-later run tries again."""),
+later run tries again.
+
+probe = HOST:PORT[/tls|smtp|imap|pop3] on a target: after its reload (a host's commit)
+the daemon must present the published certificate.
+
+tlsa = _25._tcp.mx.example.org (several allowed) on a target or host target: it switches
+to a new key only when each named TLSA RRset holds a record vouching for it (usages 3 and
+2); else the switch is held, the record to publish is printed, and every later run asks
+again. dns_server = ADDRESS[:PORT] (default: /etc/resolv.conf's); dnssec = require (only
+answers with the AD bit); tlsa_grace_days (default 7) and tlsa_near_expiry = switch (the
+default) or hold: what happens when the served certificate expires within that many days.
+tlsa_update = TSIG-KEY-FILE, tlsa_update_server = ADDRESS[:PORT] and tlsa_zone = ZONE:
+the new key's record is added over RFC 2136, the switch waits a TTL, the old key's records
+are removed a TTL later."""),
     ("Exit status", EXIT_STATUS),
     ("Files", """CONFIG_DIR/atomic-deploy.conf: the targets.
 
