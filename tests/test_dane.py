@@ -23,7 +23,7 @@ from tests.support.site import basic_conf, deploy, new_version, one_line
 from tests.support.testbed import free_port
 from tests.test_fleet import Fleet, _postfix_bytes
 
-pytestmark = [pytest.mark.root, pytest.mark.daemon]
+pytestmark = [pytest.mark.root, pytest.mark.daemon, pytest.mark.dane]
 
 MX = f"_25._tcp.mx.{ZONE}"
 
