@@ -30,6 +30,7 @@ only. No run ever sleeps for a TTL.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import stat
 from collections.abc import Sequence
@@ -247,6 +248,9 @@ def read_tsig(path: str) -> tuple[str, str, str]:
     where = f"tlsa_update {path}"
     st, data = read_regular(path, limit=MAX_KEY_FILE_BYTES, where=where, error=ConfigError,
                             hint="write the zone's TSIG key there, e.g. tsig-keygen NAME > FILE")
+    if st.st_uid not in (0, os.geteuid()):
+        raise ConfigError(f"{where}: owned by uid {st.st_uid}, not root: the TSIG key can "
+                          "change the zone (chown root: it)")
     if st.st_mode & 0o077:
         raise ConfigError(f"{where}: mode {stat.S_IMODE(st.st_mode):04o} lets others read "
                           "the TSIG key, which can change the zone (chmod 600 it)")
@@ -254,7 +258,7 @@ def read_tsig(path: str) -> tuple[str, str, str]:
     found = re.search(_BIND_KEY, text, re.S) or re.search(_KNOT_KEY, text)
     if found is None:
         raise ConfigError(f"{where}: no TSIG key in it (expected key \"NAME\" {{ algorithm "
-                          "hmac-sha256; secret \"BASE64\"; }}; as tsig-keygen writes it)")
+                          "hmac-sha256; secret \"BASE64\"; }; as tsig-keygen writes it)")
     name, algorithm, secret = found.groups()
     if algorithm.lower() not in ALGORITHMS:
         raise ConfigError(f"{where}: algorithm {algorithm} is not one of "
@@ -326,7 +330,8 @@ class Decision(NamedTuple):
     state: DaneState | None  # what the target's state keeps
 
 
-def _at(text: str) -> datetime.datetime:
+def parse_time(text: str) -> datetime.datetime:
+    """An ISO 8601 time from the state (UTC when it names no zone)."""
     when = datetime.datetime.fromisoformat(text)
     return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
 
@@ -359,7 +364,7 @@ def gate(spec: Dane, version: int, chain: Sequence[bytes], kept: DaneState | Non
             held=version, since=since, detail=detail, publish=publish,
             switch_after=switch_after))
 
-    if ours and kept.switch_after and now < _at(kept.switch_after):
+    if ours and kept.switch_after and now < parse_time(kept.switch_after):
         return hold("waiting", f"TLSA records for v{version} added; every cache has them "
                                f"after {kept.switch_after} (the TTL): the switch waits till "
                                "then", kept.publish, kept.switch_after)
@@ -435,7 +440,7 @@ def retire(spec: Dane, kept: DaneState, seq: int | None, settled: bool,
     if seq is None or seq == kept.retire_for:
         return kept._replace(retire=(), retire_after=None, retire_for=None), (
             "the switch was rolled back: the old records stay")
-    if not settled or (kept.retire_after and now < _at(kept.retire_after)):
+    if not settled or (kept.retire_after and now < parse_time(kept.retire_after)):
         return kept, ""
     from certbot_atomic_deploy.tlsa import Tlsa
 

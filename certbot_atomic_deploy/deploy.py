@@ -79,6 +79,7 @@ from certbot_atomic_deploy.state import (
     PENDING_CHECK,
     PENDING_PUSH,
     PENDING_RELOAD,
+    DaneState,
     LastRun,
     ProbeRun,
     Record,
@@ -599,8 +600,11 @@ class Deployer:
         what to add to the outcome (a warning, or ""). What the gate decides is kept in
         the target's state (unless ``dry_run``)."""
         if target.dane is None:
+            if state.dane is not None and not dry_run:  # tlsa = was removed: nothing held
+                state.dane = None
+                self.state.put(target.name, state)
             return ""
-        from certbot_atomic_deploy.dane import Served, gate
+        from certbot_atomic_deploy.dane import Served, gate, parse_time
         from certbot_atomic_deploy.tlsa import der_of
 
         current, served = state.current, None
@@ -610,8 +614,7 @@ class Deployer:
                     self.config_dir, current.lineage, current.version)]
             except KeysError:
                 old = None  # pruned from the archive: its records are left alone
-            served = Served(current.version, current.seq,
-                            _when(current.not_after), old)
+            served = Served(current.version, current.seq, parse_time(current.not_after), old)
         decision = gate(target.dane, material.version, [der_of(b) for b in material.chain],
                         state.dane, served, self._clock(), dry_run)
         if not dry_run:
@@ -621,7 +624,7 @@ class Deployer:
             return f"; {decision.detail}" if decision.detail else ""
         result.outcomes.append(Outcome(
             target.name, material.lineage, decision.status,
-            f"[{target.name}] {decision.detail}; {target.destination} keeps "
+            f"{decision.detail}; {target.destination} keeps "
             f"{_held_desc(state)}", material.version, info.serial,
             exit_code=EXIT_OK if decision.status == "waiting" else EXIT_FAILED))
         return None
@@ -655,8 +658,7 @@ class Deployer:
         """The lineages of the targets whose switch the DANE gate holds."""
         held = set()
         for target in self.config.everyone:
-            dane = self.state.load(target.name).dane
-            if target.dane is not None and dane is not None and dane.held is not None:
+            if _held(target, self.state.load(target.name)) is not None:
                 try:
                     held.add(self.choose(target))
                 except KeysError:
@@ -822,10 +824,10 @@ class Deployer:
                     row["lineage_version"] = material.version
                     row["detail"] = ("in sync" if row["in_sync"] else
                                      f"lineage is at v{material.version}; run deploy")
-                    if state.dane is not None and state.dane.held is not None:
+                    held = _held(target, state)
+                    if held is not None:
                         row["in_sync"] = False
-                        row["detail"] = (f"switch to v{state.dane.held} held by DANE since "
-                                         f"{state.dane.since}: {state.dane.detail}")
+                        row["detail"] = f"switch to {held}"
                     elif state.pending is not None:
                         row["in_sync"] = False
                         row["detail"] = (f"published, {state.pending} pending (since "
@@ -837,7 +839,7 @@ class Deployer:
                 except KeysError as exc:  # the lineage, or a keystore's password file
                     row["in_sync"] = False
                     row["detail"] = str(exc)
-            rows.append({**row, **_probe_fields(state), **_dane_fields(state)})
+            rows.append({**row, **_probe_fields(state), **_dane_fields(target, state)})
         rows += [self._host_status(h) for h in self.config.hosts]
         return rows
 
@@ -846,7 +848,7 @@ class Deployer:
         state = self.state.load(target.name)
         current = state.current
         row = {**_row(target.name, target.destination, state), "host": target.host,
-               "in_sync": False, **_probe_fields(state), **_dane_fields(state)}
+               "in_sync": False, **_probe_fields(state), **_dane_fields(target, state)}
         try:
             lineage = self.choose(target)
             material = self.material(lineage)
@@ -856,9 +858,9 @@ class Deployer:
         row["lineage_version"] = material.version
         held = current is not None and (current.lineage, current.version) == (
             lineage, material.version)
-        if state.dane is not None and state.dane.held is not None:
-            row["detail"] = (f"push of {lineage} v{state.dane.held} held by DANE since "
-                             f"{state.dane.since}: {state.dane.detail}")
+        dane_held = _held(target, state)
+        if dane_held is not None:
+            row["detail"] = f"push of {lineage} {dane_held}"
         elif state.pending == PENDING_PUSH:
             probed = (f"; the last probe ({state.probe.at}): {state.probe.detail}"
                       if state.probe is not None and not state.probe.ok else "")
@@ -933,10 +935,20 @@ def _probe_fields(state: TargetState) -> dict[str, object]:
             else None, "probe_at": probe.at if probe else None}
 
 
-def _dane_fields(state: TargetState) -> dict[str, object]:
+def _held(target: Target | HostTarget, state: TargetState) -> str | None:
+    """The switch the DANE gate holds for ``target`` ("vN held by DANE since ...: why"),
+    or None."""
     dane = state.dane
-    if dane is None or dane.empty:
+    if target.dane is None or dane is None or dane.held is None:
+        return None
+    return f"v{dane.held} held by DANE since {dane.since}: {dane.detail}"
+
+
+def _dane_fields(target: Target | HostTarget, state: TargetState) -> dict[str, object]:
+    """A ``tlsa =`` target's status fields (none for a target without the gate)."""
+    if target.dane is None:
         return {}
+    dane = state.dane or DaneState()
     return {"tlsa_held": dane.held, "tlsa_held_since": dane.since,
             "tlsa_publish": list(dane.publish), "tlsa_switch_after": dane.switch_after,
             "tlsa_retire": list(dane.retire), "tlsa_retire_after": dane.retire_after}
@@ -946,11 +958,6 @@ def _held_desc(state: TargetState) -> str:
     current = state.current
     return (f"v{current.version} (serial {current.serial})" if current is not None
             else "what it serves (nothing published yet)")
-
-
-def _when(text: str) -> datetime.datetime:
-    when = datetime.datetime.fromisoformat(text)
-    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
 
 
 def _probe_failed(probe: ProbeRun) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 from contextlib import ExitStack
@@ -194,13 +195,19 @@ def test_rfc2136_rollover_adds_waits_switches_and_retires(site: Path, open_tmp: 
         assert "tlsa_retire" not in status(site)
 
 
-def test_a_tsig_key_others_can_read_is_refused(site: Path, open_tmp: Path) -> None:
-    key = write_tsig_key(open_tmp / "tsig.key", "c2VjcmV0", mode=0o644)
+@pytest.mark.parametrize("mode, owner, message", [
+    (0o644, 0, "lets others read the TSIG key"),
+    (0o600, 65534, "owned by uid 65534, not root"),
+])
+def test_a_tsig_key_others_can_read_or_own_is_refused(
+        site: Path, open_tmp: Path, mode: int, owner: int, message: str) -> None:
+    key = write_tsig_key(open_tmp / "tsig.key", "c2VjcmV0", mode=mode)
+    os.chown(key, owner, owner)
     dane_conf(site, "127.0.0.1:53", f"tlsa_update = {key}\ntlsa_update_server = "
                                     f"127.0.0.1:53\ntlsa_zone = {ZONE}")
     result = run(site, "deploy", "--all")
     assert result.returncode == 2
-    assert "lets others read the TSIG key" in one_line(result)
+    assert message in one_line(result)
     assert not (site / "out/mail.pem").exists()
 
 
