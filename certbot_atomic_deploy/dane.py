@@ -356,7 +356,7 @@ def gate(spec: Dane, version: int, chain: Sequence[bytes], kept: DaneState | Non
     def hold(status: str, detail: str, publish: tuple[str, ...],
              switch_after: str | None = None) -> Decision:
         if near and spec.near_expiry == "switch":
-            return Decision(True, "go", f"WARNING: {detail}; switched anyway: {near} "
+            return Decision(True, "go", f"{detail}; switched anyway: {near} "
                                         "(tlsa_near_expiry = switch)", None)
         if near:
             detail += f"; {near}, and tlsa_near_expiry = hold keeps it"

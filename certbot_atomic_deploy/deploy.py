@@ -621,7 +621,10 @@ class Deployer:
             state.dane = decision.state
             self.state.put(target.name, state)
         if decision.go:
-            return f"; {decision.detail}" if decision.detail else ""
+            if not decision.detail:
+                return ""
+            result.warnings.append(f"[{target.name}] {decision.detail}")
+            return "; switched without a TLSA record vouching for it (see the warning)"
         result.outcomes.append(Outcome(
             target.name, material.lineage, decision.status,
             f"{decision.detail}; {target.destination} keeps "

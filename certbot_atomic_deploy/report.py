@@ -43,6 +43,7 @@ class RunResult:
         self.commands = commands or []
         self.errors: list[str] = []  # failures that belong to no single target
         self.notes: list[str] = []  # what a run did beside its targets (printed, not failures)
+        self.warnings: list[str] = []  # done, but against a rule's first choice (on stderr)
 
     @property
     def ok(self) -> bool:
@@ -73,7 +74,7 @@ def print_result(result: RunResult, as_json: bool) -> None:
             "ok": result.ok,
             "targets": [vars(o) for o in result.outcomes],
             "commands": [vars(c) for c in result.commands],
-            "notes": result.notes}, indent=2))
+            "notes": result.notes, "warnings": result.warnings}, indent=2))
     else:
         for o in result.outcomes:
             if not o.failed:
@@ -83,6 +84,8 @@ def print_result(result: RunResult, as_json: bool) -> None:
                 print(f"{c.kind} ok: {c.command}")
         for note in result.notes:
             print(note)
+    for line in result.warnings:
+        print(f"{PROG}: WARNING: {line}", file=sys.stderr)
     for line in failure_lines(result):
         print(f"{PROG}: {line}", file=sys.stderr)
 
