@@ -127,7 +127,9 @@ def test_a_key_no_record_vouches_for_is_held_until_its_record_appears(
         assert published(site) == version_bytes(site, 2)
         assert dane_verifies(daemon.port, ee(site, 2))
         assert not dane_verifies(daemon.port, first)
-        assert "tlsa_held" not in status(site)
+        assert status(site)["tlsa_held"] is None
+        assert 'certbot_atomic_deploy_target_tlsa_held{target="postfix"} 0' in run(
+            site, "status", "--prometheus").stdout
 
 
 def test_reload_pending_retries_a_held_switch(site: Path, open_tmp: Path) -> None:
@@ -192,7 +194,7 @@ def test_rfc2136_rollover_adds_waits_switches_and_retires(site: Path, open_tmp: 
         assert retired.returncode == 0, retired.stderr
         assert "removed" in retired.stdout
         assert dns.tlsa(MX) == [ee(site, 2)]
-        assert "tlsa_retire" not in status(site)
+        assert status(site)["tlsa_retire"] == []
 
 
 @pytest.mark.parametrize("mode, owner, message", [
