@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the records' owner name, e.g. _25._tcp.mx.example.org (default: the tlsa = names "
         "of the lineage's targets, else _25._tcp. and the certificate's first name that is "
         "not a wildcard)"))
+    tlsa.add_argument("--check", action="store_true", help=(
+        "instead: ask DNS whether each tlsa = name still vouches for what each target "
+        "serves now (exit 1 when one does not, or does not answer), e.g. from a monitor"))
     pending = sub.add_parser("reload-pending", help=(
         "run every pending check and reload once (certbot's --post-hook, with "
         "--defer-reloads on the deploy hook)"))
@@ -382,6 +385,8 @@ def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int
     from certbot_atomic_deploy.pem import read_certificates
     from certbot_atomic_deploy.tlsa import der_of, records_for
 
+    if args.check:
+        return _tlsa_check(args, deployer)
     everyone = deployer.config.everyone
     lineages = list(args.lineage)
     if not lineages:
@@ -426,6 +431,43 @@ def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int
                 for record in records_for(chain):
                     print(f"{owner.rstrip('.')}. IN TLSA {record.text()}")
     return EXIT_OK
+
+
+def _tlsa_check(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int:
+    """``tlsa --check``: do the published records vouch for what is served now?"""
+    from certbot_atomic_deploy.dane import check_served
+    from certbot_atomic_deploy.pem import read_certificates
+    from certbot_atomic_deploy.tlsa import der_of
+
+    if args.name:
+        raise UsageError("tlsa --check asks the tlsa = names of the targets; --name is "
+                         "for printing records, drop it")
+    gated = [t for t in deployer.config.everyone if t.dane is not None]
+    if not gated:
+        raise UsageError(f"tlsa --check: no target in {deployer.config.path} has tlsa =; "
+                         "nothing to check")
+    code = EXIT_OK
+    for target in gated:
+        assert target.dane is not None
+        current = deployer.state.load(target.name).current
+        if current is None:
+            print(f"[{target.name}] nothing published yet: nothing to check")
+            continue
+        if args.lineage and current.lineage not in args.lineage:
+            continue
+        try:
+            chain = [der_of(b) for b in read_certificates(
+                deployer.config_dir, current.lineage, current.version)]
+            said = check_served(target.dane, current.version, chain)
+        except KeysError as exc:  # the served version pruned from the archive
+            said = [(False, f"the served {current.lineage} v{current.version}: {exc}")]
+        for ok, line in said:
+            if ok:
+                print(f"[{target.name}] {line}")
+            else:
+                print(f"{PROG}: [{target.name}] {line}", file=sys.stderr)
+                code = EXIT_FAILED
+    return code
 
 
 def _takes(deployer: Deployer, target: Target | HostTarget, lineage: str) -> bool:

@@ -214,7 +214,7 @@ def lookup(dane: Dane, name: str) -> Answer:
                 "bit), and dnssec = require: refused (ask a validating resolver on a trusted "
                 "path, e.g. unbound on 127.0.0.1)")
         return _answer(reply, name, validated)
-    raise DnsError(f"TLSA {name}: {last}; nothing switched (every later run asks again)")
+    raise DnsError(f"TLSA {name}: {last}")
 
 
 def _answer(reply: dns.message.Message, name: str, validated: bool) -> Answer:
@@ -371,7 +371,8 @@ def gate(spec: Dane, version: int, chain: Sequence[bytes], kept: DaneState | Non
     try:
         answers = [lookup(spec, name) for name in spec.names]
     except DnsError as exc:
-        return hold("held", str(exc), kept.publish if ours else ())
+        return hold("held", f"{exc}; nothing switched (every later run asks again)",
+                    kept.publish if ours else ())
     record = next_record(chain)
     missing = [a.name for a in answers if not vouching(a, chain)]
     publish = tuple(record_line(name, record) for name in missing)
@@ -396,6 +397,25 @@ def gate(spec: Dane, version: int, chain: Sequence[bytes], kept: DaneState | Non
     return hold("held", f"TLSA {names} does not vouch for v{version} (publish: "
                         f"{'; '.join(publish)}; every later run asks again)", publish,
                 kept.switch_after if ours else None)
+
+
+def check_served(spec: Dane, version: int, chain: Sequence[bytes]) -> list[tuple[bool, str]]:
+    """Do the records published now vouch for what a target serves (archive version
+    ``version``, ``chain``)? The gate asks only at a switch; this asks any time (a
+    record removed later, a zone rolled back). For each name: whether it does, and a line."""
+    said = []
+    for name in spec.names:
+        try:
+            found = vouching(lookup(spec, name), chain)
+        except DnsError as exc:
+            said.append((False, str(exc)))
+            continue
+        said.append((True, f"TLSA {name} vouches for the served v{version} "
+                           f"({found[0].text()})") if found else
+                    (False, f"TLSA {name} does not vouch for the served v{version}: DANE "
+                            "senders defer mail to it (publish: "
+                            f"{record_line(name, next_record(chain))})"))
+    return said
 
 
 def _near_expiry(spec: Dane, served: Served | None, now: datetime.datetime) -> str:

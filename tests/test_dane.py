@@ -72,10 +72,11 @@ def status(site: Path) -> dict[str, object]:
     return next(r for r in rows if r["target"] == "postfix")
 
 
-def add_record(server: Knot, data: str, owner: str = MX) -> None:
-    """Publish a record the way an operator would: knsupdate with the zone's TSIG key."""
+def add_record(server: Knot, data: str, owner: str = MX, verb: str = "add") -> None:
+    """Publish (or with ``verb="delete"`` remove) a record the way an operator would:
+    knsupdate with the zone's TSIG key."""
     script = (f"server 127.0.0.1 {server.port}\nzone {ZONE}.\n"
-              f"update add {owner}. {TTL} TLSA {data}\nsend\n")
+              f"update {verb} {owner}. {TTL} TLSA {data}\nsend\n")
     subprocess.run(["knsupdate", "-y", f"hmac-sha256:atomic-deploy:{server.secret}"],
                    input=script, text=True, check=True, capture_output=True, timeout=30)
     time.sleep(TTL + 1)  # what a cache could hold has expired
@@ -130,6 +131,26 @@ def test_a_key_no_record_vouches_for_is_held_until_its_record_appears(
         assert status(site)["tlsa_held"] is None
         assert 'certbot_atomic_deploy_target_tlsa_held{target="postfix"} 0' in run(
             site, "status", "--prometheus").stdout
+
+
+def test_tlsa_check_says_when_the_records_stop_vouching_for_what_is_served(
+        site: Path, open_tmp: Path) -> None:
+    with knot(open_tmp / "knot", [f"_25._tcp.mx 3600 IN TLSA {ee(site, 1)}"]) as dns:
+        dane_conf(site, dns.server())
+        assert run(site, "deploy", "--all").returncode == 0
+        fine = run(site, "tlsa", "--check")
+        assert fine.returncode == 0, fine.stderr
+        assert fine.stdout == f"[postfix] TLSA {MX} vouches for the served v1 ({ee(site, 1)})\n"
+
+        add_record(dns, ee(site, 1), verb="delete")  # removed by someone, after the switch
+        gone = run(site, "tlsa", "--check")
+        assert gone.returncode == 1
+        line = one_line(gone)
+        assert f"[postfix] TLSA {MX} does not vouch for the served v1" in line
+        assert f"{MX}. IN TLSA {ee(site, 1)}" in line  # what to publish again
+        assert published(site) == version_bytes(site, 1)  # a check changes nothing
+    down = run(site, "tlsa", "--check")  # the DNS server stopped
+    assert down.returncode == 1 and "did not answer" in one_line(down)
 
 
 def test_reload_pending_retries_a_held_switch(site: Path, open_tmp: Path) -> None:

@@ -151,3 +151,28 @@ def test_check_config_says_which_target_has_no_lineage_yet(
     assert code == 0, err
     assert "[later] the lineage covering imap.example.net (now: none yet" in out
     assert f"    dane: TLSA {MX} asked of the system resolver must vouch" in out
+
+
+@pytest.mark.parametrize("extra, argv, message", [
+    ("", [], "no target in"),  # nothing to check: said, not a silent success
+    (f"tlsa = {MX}", ["--name", MX], "--name is for printing records"),
+])
+def test_tlsa_check_without_a_gated_target_or_with_name_is_a_usage_error(
+        site: Path, capsys: pytest.CaptureFixture[str], extra: str, argv: list[str],
+        message: str) -> None:
+    write(site, extra)
+    code, out, err = run_main(capsys, cli.main, "--config-dir", str(site / "le"), "tlsa",
+                              "--check", *argv)
+    assert code == 2 and out == ""
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_tlsa_check_of_a_target_that_serves_nothing_yet_asks_no_dns(
+        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing published: nothing to vouch for (and no resolver is asked: there is none
+    on 127.0.0.1:9, the discard port)."""
+    write(site, f"tlsa = {MX}\ndns_server = 127.0.0.1:9")
+    code, out, err = run_main(capsys, cli.main, "--config-dir", str(site / "le"), "tlsa",
+                              "--check")
+    assert (code, err) == (0, [])
+    assert out == "[mx] nothing published yet: nothing to check\n"
