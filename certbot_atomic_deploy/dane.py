@@ -157,6 +157,19 @@ def vouching(answer: Answer, chain: Sequence[bytes]) -> list[Tlsa]:
 
 # -- asking
 
+def _need_dnspython() -> None:
+    """dnspython is an optional dependency (the ``dane`` extra): say so if it is missing."""
+    try:
+        import dns.version
+    except ImportError:
+        raise DnsError("tlsa = needs dnspython 2.1 or newer, which is not installed (apt "
+                       "install python3-dnspython, dnf install python3-dns, or pip install "
+                       "'certbot-daemon-keys[dane]')") from None
+    if (dns.version.MAJOR, dns.version.MINOR) < (2, 1):
+        raise DnsError(f"tlsa = needs dnspython 2.1 or newer; this is {dns.version.version} "
+                       "(upgrade python3-dnspython)")
+
+
 def _servers(dane: Dane) -> list[Server]:
     if dane.server is not None:
         return [dane.server]
@@ -188,6 +201,7 @@ def _ask(message: dns.message.Message, server: Server, timeout: float,
 def lookup(dane: Dane, name: str) -> Answer:
     """``name``'s TLSA RRset as ``dane``'s server answers it; :class:`DnsError` if none
     answers usably (every server tried, in order)."""
+    _need_dnspython()
     import dns.exception
     import dns.flags
     import dns.message
@@ -269,6 +283,7 @@ def read_tsig(path: str) -> tuple[str, str, str]:
 def update(spec: Update, name: str, ttl: int, add: Sequence[Tlsa] = (),
            delete: Sequence[Tlsa] = ()) -> None:
     """Add and delete TLSA records of ``name`` in one signed update (over TCP)."""
+    _need_dnspython()
     import dns.exception
     import dns.name
     import dns.rcode

@@ -9,6 +9,8 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,24 @@ def test_tlsa_check_of_a_target_that_serves_nothing_yet_asks_no_dns(
                               "--check")
     assert (code, err) == (0, [])
     assert out == "[mx] nothing published yet: nothing to check\n"
+
+
+def test_without_dnspython_a_tlsa_target_is_held_with_a_line_saying_what_to_install(
+        site: Path) -> None:
+    """dnspython is optional (the dane extra): a machine without it holds the switch with
+    one line naming the package, and deploys the other targets. The interpreter is
+    told dnspython is absent the way Python spells it (None in sys.modules)."""
+    write(site, f"tlsa = {MX}\ndns_server = 127.0.0.1:9\n"
+                f"[plain]\nlineage = mail\npath = {site}/out/plain.pem\nformat = postfix")
+    program = ("import sys; sys.modules['dns'] = None\n"
+               "from certbot_atomic_deploy.cli import main\n"
+               f"sys.exit(main(['--config-dir', {str(site / 'le')!r}, 'deploy', '--all']))")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("certbot-atomic-deploy: [mx] tlsa = needs dnspython 2.1 or "
+                               "newer, which is not installed (apt install python3-dnspython")
+    assert not (site / "out/mail.pem").exists()  # held: nothing served
+    assert (site / "out/plain.pem").exists()  # the target without tlsa = is deployed
