@@ -58,6 +58,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.certbot)
         if fixtures & ROOT_FIXTURES or item.get_closest_marker("certbot") is not None:
             item.add_marker(pytest.mark.root)
+            if item.path.name.startswith("test_unit_"):  # it would skip in the unit tier
+                raise pytest.UsageError(
+                    f"{item.nodeid}: a unit-tier module's test takes a root fixture "
+                    f"({', '.join(sorted(fixtures & ROOT_FIXTURES)) or 'certbot'}): name "
+                    "a module-local fixture otherwise (e.g. own_site), or move the test "
+                    "to the root tier")
     if os.geteuid() != 0:
         skip = pytest.mark.skip(reason=ROOT_ONLY)
         for item in items:

@@ -29,14 +29,14 @@ SECRET = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
+def own_site(tmp_path: Path) -> Path:
     return make_site(tmp_path)
 
 
-def write(site: Path, extra: str, defaults: str = "") -> Path:
-    path = site / "le" / "atomic-deploy.conf"
+def write(own_site: Path, extra: str, defaults: str = "") -> Path:
+    path = own_site / "le" / "atomic-deploy.conf"
     path.write_text(f"[defaults]\nowner = {ME}\ngroup = {MY_GROUP}\n{defaults}\n"
-                    f"[mx]\nlineage = mail\npath = {site}/out/mail.pem\nformat = postfix\n"
+                    f"[mx]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = postfix\n"
                     f"{extra}\n")
     return path
 
@@ -72,14 +72,14 @@ def test_a_dns_server_by_name_or_with_a_bad_port_is_refused(text: str, message: 
         parse_server(text)
 
 
-def test_a_target_with_tlsa_gets_its_gate_and_others_none(site: Path) -> None:
-    path = write(site, f"tlsa = {MX}, _465._tcp.mx.example.org.", "dns_server = 127.0.0.1:53")
-    dane = load(str(path), str(site / "le")).targets[0].dane
+def test_a_target_with_tlsa_gets_its_gate_and_others_none(own_site: Path) -> None:
+    path = write(own_site, f"tlsa = {MX}, _465._tcp.mx.example.org.", "dns_server = 127.0.0.1:53")
+    dane = load(str(path), str(own_site / "le")).targets[0].dane
     assert dane is not None
     assert dane.names == (MX, "_465._tcp.mx.example.org")
     assert (dane.server, dane.dnssec, dane.grace_days, dane.near_expiry, dane.update) == (
         Server("127.0.0.1", 53), False, 7, "switch", None)
-    assert load(str(write(site, "")), str(site / "le")).targets[0].dane is None
+    assert load(str(write(own_site, "")), str(own_site / "le")).targets[0].dane is None
 
 
 @pytest.mark.parametrize("extra, defaults, message", [
@@ -96,16 +96,16 @@ def test_a_target_with_tlsa_gets_its_gate_and_others_none(site: Path) -> None:
     ("", f"tlsa = {MX}", "belongs in a target section"),
 ])
 def test_a_dane_key_out_of_place_is_a_config_error_naming_it(
-        site: Path, extra: str, defaults: str, message: str) -> None:
-    key = key_file(site / "tsig.key", BIND)
-    path = write(site, extra.format(key=key), defaults)
+        own_site: Path, extra: str, defaults: str, message: str) -> None:
+    key = key_file(own_site / "tsig.key", BIND)
+    path = write(own_site, extra.format(key=key), defaults)
     with pytest.raises(ConfigError, match=message):
-        load(str(path), str(site / "le"))
+        load(str(path), str(own_site / "le"))
 
 
 @pytest.mark.parametrize("text", [BIND, KNOT])
-def test_a_tsig_key_is_read_in_binds_and_knots_format(site: Path, text: str) -> None:
-    assert read_tsig(str(key_file(site / "tsig.key", text))) == (
+def test_a_tsig_key_is_read_in_binds_and_knots_format(own_site: Path, text: str) -> None:
+    assert read_tsig(str(key_file(own_site / "tsig.key", text))) == (
         "atomic-deploy", "hmac-sha256", SECRET)
 
 
@@ -116,12 +116,12 @@ def test_a_tsig_key_is_read_in_binds_and_knots_format(site: Path, text: str) -> 
     (0o600, BIND.replace("hmac-sha256", "hmac-md5"), "is not one of"),
 ])
 def test_a_tsig_key_others_can_read_or_not_a_key_is_refused_at_load(
-        site: Path, mode: int, text: str, message: str) -> None:
-    key = key_file(site / "tsig.key", text, mode)
-    path = write(site, f"tlsa = {MX}\ntlsa_update = {key}\ntlsa_update_server = 127.0.0.1\n"
+        own_site: Path, mode: int, text: str, message: str) -> None:
+    key = key_file(own_site / "tsig.key", text, mode)
+    path = write(own_site, f"tlsa = {MX}\ntlsa_update = {key}\ntlsa_update_server = 127.0.0.1\n"
                        "tlsa_zone = example.org")
     with pytest.raises(ConfigError, match=message):
-        load(str(path), str(site / "le"))
+        load(str(path), str(own_site / "le"))
 
 
 def test_a_held_switch_and_a_retirement_survive_the_state_file(tmp_path: Path) -> None:
@@ -139,16 +139,16 @@ def test_a_held_switch_and_a_retirement_survive_the_state_file(tmp_path: Path) -
 
 
 def test_check_config_says_which_target_has_no_lineage_yet(
-        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A domains target no lineage covers, before a target that names its lineage: each
     is reported as itself (the config is fine; the lineage is not issued yet)."""
-    path = site / "le" / "atomic-deploy.conf"
+    path = own_site / "le" / "atomic-deploy.conf"
     path.write_text(f"[defaults]\nowner = {ME}\ngroup = {MY_GROUP}\n"
-                    f"[later]\ndomains = imap.example.net\npath = {site}/out/imap.pem\n"
+                    f"[later]\ndomains = imap.example.net\npath = {own_site}/out/imap.pem\n"
                     f"format = postfix\n"
-                    f"[mx]\nlineage = mail\npath = {site}/out/mail.pem\nformat = postfix\n"
+                    f"[mx]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = postfix\n"
                     f"tlsa = {MX}\n")
-    code, out, err = run_main(capsys, cli.main, "--config-dir", str(site / "le"),
+    code, out, err = run_main(capsys, cli.main, "--config-dir", str(own_site / "le"),
                               "check-config")
     assert code == 0, err
     assert "[later] the lineage covering imap.example.net (now: none yet" in out
@@ -160,36 +160,36 @@ def test_check_config_says_which_target_has_no_lineage_yet(
     (f"tlsa = {MX}", ["--name", MX], "--name is for printing records"),
 ])
 def test_tlsa_check_without_a_gated_target_or_with_name_is_a_usage_error(
-        site: Path, capsys: pytest.CaptureFixture[str], extra: str, argv: list[str],
+        own_site: Path, capsys: pytest.CaptureFixture[str], extra: str, argv: list[str],
         message: str) -> None:
-    write(site, extra)
-    code, out, err = run_main(capsys, cli.main, "--config-dir", str(site / "le"), "tlsa",
+    write(own_site, extra)
+    code, out, err = run_main(capsys, cli.main, "--config-dir", str(own_site / "le"), "tlsa",
                               "--check", *argv)
     assert code == 2 and out == ""
     assert len(err) == 1 and message in err[0], err
 
 
 def test_tlsa_check_of_a_target_that_serves_nothing_yet_asks_no_dns(
-        site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        own_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Nothing published: nothing to vouch for (and no resolver is asked: there is none
     on 127.0.0.1:9, the discard port)."""
-    write(site, f"tlsa = {MX}\ndns_server = 127.0.0.1:9")
-    code, out, err = run_main(capsys, cli.main, "--config-dir", str(site / "le"), "tlsa",
+    write(own_site, f"tlsa = {MX}\ndns_server = 127.0.0.1:9")
+    code, out, err = run_main(capsys, cli.main, "--config-dir", str(own_site / "le"), "tlsa",
                               "--check")
     assert (code, err) == (0, [])
     assert out == "[mx] nothing published yet: nothing to check\n"
 
 
 def test_without_dnspython_a_tlsa_target_is_held_with_a_line_saying_what_to_install(
-        site: Path) -> None:
+        own_site: Path) -> None:
     """dnspython is optional (the dane extra): a machine without it holds the switch with
     one line naming the package, and deploys the other targets. The interpreter is
     told dnspython is absent the way Python spells it (None in sys.modules)."""
-    write(site, f"tlsa = {MX}\ndns_server = 127.0.0.1:9\n"
-                f"[plain]\nlineage = mail\npath = {site}/out/plain.pem\nformat = postfix")
+    write(own_site, f"tlsa = {MX}\ndns_server = 127.0.0.1:9\n"
+                f"[plain]\nlineage = mail\npath = {own_site}/out/plain.pem\nformat = postfix")
     program = ("import sys; sys.modules['dns'] = None\n"
                "from certbot_atomic_deploy.cli import main\n"
-               f"sys.exit(main(['--config-dir', {str(site / 'le')!r}, 'deploy', '--all']))")
+               f"sys.exit(main(['--config-dir', {str(own_site / 'le')!r}, 'deploy', '--all']))")
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 1, done.stderr
@@ -197,5 +197,5 @@ def test_without_dnspython_a_tlsa_target_is_held_with_a_line_saying_what_to_inst
     assert len(lines) == 1, lines
     assert lines[0].startswith("certbot-atomic-deploy: [mx] tlsa = needs dnspython 2.1 or "
                                "newer, which is not installed (apt install python3-dnspython")
-    assert not (site / "out/mail.pem").exists()  # held: nothing served
-    assert (site / "out/plain.pem").exists()  # the target without tlsa = is deployed
+    assert not (own_site / "out/mail.pem").exists()  # held: nothing served
+    assert (own_site / "out/plain.pem").exists()  # the target without tlsa = is deployed
