@@ -382,7 +382,6 @@ def _receive_one(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
 def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int:
     """The TLSA records of each lineage's newest version, and of each version a target
     holds (what is served now), for an operator to publish before a key switch."""
-    from certbot_atomic_deploy.pem import read_certificates
     from certbot_atomic_deploy.tlsa import der_of, records_for
 
     if args.check:
@@ -416,9 +415,8 @@ def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int
         if args.name:
             owners = [args.name]
         for version in sorted({newest.version, *holders, *held}, reverse=True):
-            blocks = (list(newest.chain) if version == newest.version
-                      else read_certificates(deployer.config_dir, lineage, version))
-            chain = [der_of(b) for b in blocks]
+            chain = ([der_of(b) for b in newest.chain] if version == newest.version
+                     else deployer.served_chain(lineage, version))
             said = ([f"held by {', '.join(f'[{n}]' for n in holders[version])}"]
                     if version in holders else [])
             if version == newest.version:
@@ -436,29 +434,29 @@ def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int
 def _tlsa_check(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int:
     """``tlsa --check``: do the published records vouch for what is served now?"""
     from certbot_atomic_deploy.dane import check_served
-    from certbot_atomic_deploy.pem import read_certificates
-    from certbot_atomic_deploy.tlsa import der_of
 
     if args.name:
         raise UsageError("tlsa --check asks the tlsa = names of the targets; --name is "
                          "for printing records, drop it")
-    gated = [t for t in deployer.config.everyone if t.dane is not None]
+    gated = [(t, t.dane) for t in deployer.config.everyone if t.dane is not None]
     if not gated:
         raise UsageError(f"tlsa --check: no target in {deployer.config.path} has tlsa =; "
                          "nothing to check")
+    if args.lineage:
+        gated = [(t, dane) for t, dane in gated
+                 if any(_takes(deployer, t, lineage) for lineage in args.lineage)]
+        if not gated:  # a monitor must not stay green on a typo
+            raise UsageError(f"tlsa --check: no tlsa = target in {deployer.config.path} "
+                             f"takes {', '.join(args.lineage)}")
     code = EXIT_OK
-    for target in gated:
-        assert target.dane is not None
+    for target, dane in gated:
         current = deployer.state.load(target.name).current
         if current is None:
             print(f"[{target.name}] nothing published yet: nothing to check")
             continue
-        if args.lineage and current.lineage not in args.lineage:
-            continue
         try:
-            chain = [der_of(b) for b in read_certificates(
-                deployer.config_dir, current.lineage, current.version)]
-            said = check_served(target.dane, current.version, chain)
+            said = check_served(dane, current.version,
+                                deployer.served_chain(current.lineage, current.version))
         except KeysError as exc:  # the served version pruned from the archive
             said = [(False, f"the served {current.lineage} v{current.version}: {exc}")]
         for ok, line in said:

@@ -215,7 +215,8 @@ def lookup(dane: Dane, name: str) -> Answer:
         try:
             reply = _ask(query, server, dane.timeout)
         except (OSError, dns.exception.DNSException) as exc:
-            last = f"{server.text()} did not answer ({_reason(exc)})"
+            last = (f"{server.text()} did not answer ({_reason(exc)}; is a DNS server "
+                    "running there?)")
             continue
         rcode = reply.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
@@ -423,13 +424,15 @@ def check_served(spec: Dane, version: int, chain: Sequence[bytes]) -> list[tuple
         try:
             found = vouching(lookup(spec, name), chain)
         except DnsError as exc:
-            said.append((False, str(exc)))
+            said.append((False, f"{exc}; not checked"))
             continue
-        said.append((True, f"TLSA {name} vouches for the served v{version} "
-                           f"({found[0].text()})") if found else
-                    (False, f"TLSA {name} does not vouch for the served v{version}: DANE "
-                            "senders defer mail to it (publish: "
-                            f"{record_line(name, next_record(chain))})"))
+        if found:
+            said.append((True, f"TLSA {name} vouches for the served v{version} "
+                               f"({found[0].text()})"))
+        else:
+            said.append((False, f"TLSA {name} does not vouch for the served v{version}: "
+                                "DANE senders defer mail to it (publish: "
+                                f"{record_line(name, next_record(chain))})"))
     return said
 
 

@@ -149,6 +149,12 @@ class Deployer:
             return validate(self.material(lineage), self.now, self.config.issuers)
         return _once(self._checked, lineage, check)
 
+    def served_chain(self, lineage: str, version: int) -> list[bytes]:
+        """Archive version ``version`` of ``lineage`` (one a target serves, or served):
+        its certificates in DER, leaf first, what TLSA records are computed from."""
+        from certbot_atomic_deploy.tlsa import der_of
+        return [der_of(b) for b in read_certificates(self.config_dir, lineage, version)]
+
     def names(self, lineage: str) -> tuple[str, ...]:
         def names() -> tuple[str, ...]:
             from certbot_atomic_deploy.validate import leaf_info
@@ -610,8 +616,8 @@ class Deployer:
         current, served = state.current, None
         if current is not None:
             try:
-                old: list[bytes] | None = [der_of(b) for b in read_certificates(
-                    self.config_dir, current.lineage, current.version)]
+                old: list[bytes] | None = self.served_chain(current.lineage,
+                                                             current.version)
             except KeysError:
                 old = None  # pruned from the archive: its records are left alone
             served = Served(current.version, current.seq, parse_time(current.not_after), old)

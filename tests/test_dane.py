@@ -141,6 +141,7 @@ def test_tlsa_check_says_when_the_records_stop_vouching_for_what_is_served(
         fine = run(site, "tlsa", "--check")
         assert fine.returncode == 0, fine.stderr
         assert fine.stdout == f"[postfix] TLSA {MX} vouches for the served v1 ({ee(site, 1)})\n"
+        assert run(site, "tlsa", "--check", "--lineage", "mail").stdout == fine.stdout
 
         add_record(dns, ee(site, 1), verb="delete")  # removed by someone, after the switch
         gone = run(site, "tlsa", "--check")

@@ -33,10 +33,10 @@ def own_site(tmp_path: Path) -> Path:
     return make_site(tmp_path)
 
 
-def write(own_site: Path, extra: str, defaults: str = "") -> Path:
-    path = own_site / "le" / "atomic-deploy.conf"
+def write(site: Path, extra: str, defaults: str = "") -> Path:
+    path = site / "le" / "atomic-deploy.conf"
     path.write_text(f"[defaults]\nowner = {ME}\ngroup = {MY_GROUP}\n{defaults}\n"
-                    f"[mx]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = postfix\n"
+                    f"[mx]\nlineage = mail\npath = {site}/out/mail.pem\nformat = postfix\n"
                     f"{extra}\n")
     return path
 
@@ -158,8 +158,9 @@ def test_check_config_says_which_target_has_no_lineage_yet(
 @pytest.mark.parametrize("extra, argv, message", [
     ("", [], "no target in"),  # nothing to check: said, not a silent success
     (f"tlsa = {MX}", ["--name", MX], "--name is for printing records"),
+    (f"tlsa = {MX}", ["--lineage", "mial"], "takes mial"),  # a typo: never green
 ])
-def test_tlsa_check_without_a_gated_target_or_with_name_is_a_usage_error(
+def test_tlsa_check_without_a_gated_target_with_name_or_an_unknown_lineage_fails(
         own_site: Path, capsys: pytest.CaptureFixture[str], extra: str, argv: list[str],
         message: str) -> None:
     write(own_site, extra)
