@@ -51,8 +51,9 @@ from certbot_atomic_deploy.pem import (
 from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
 from certbot_atomic_deploy.probe import Probe, parse_probe
 from daemon_keys.errors import ConfigError, SpecError, UnsafePathError, ValidationError
-from daemon_keys.fs import open_dir, read_regular, unsafe_reason
+from daemon_keys.fs import open_dir, read_regular
 from daemon_keys.keyspec import KeySpec, parse_spec, resolve_user
+from daemon_keys.trust import file_check
 
 DEFAULT_KEEP = 2
 DEFAULT_PARALLEL = 8  # hosts pushed to at once
@@ -356,13 +357,21 @@ def _check_push_files(hosts: tuple[HostTarget, ...]) -> None:
     """The identity is the sender's own secret; known_hosts decides which hosts get a
     key: both as trusted as the config."""
     for identity in sorted({h.identity for h in hosts}):
-        st, _ = read_regular(identity, limit=1 << 16, where=f"identity {identity}",
-                             error=ConfigError, hint="make one: ssh-keygen -t ed25519 -N '' "
-                             f"-f {identity}; put its .pub in each host's authorized_keys")
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise ConfigError(f"identity {identity}: owner uid {st.st_uid}, mode "
-                              f"{stat.S_IMODE(st.st_mode):04o}: the sender's key must be "
-                              f"uid {os.geteuid()}'s and 0600 (chmod 600 it)")
+        where = f"identity {identity}"
+        secret = file_check(where, ConfigError, readers="owner",
+                            stakes="it logs in to every host")
+
+        def check(fd: int, st: os.stat_result, where: str = where,
+                  secret: Callable[[int, os.stat_result], None] = secret) -> None:
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise ConfigError(f"{where}: owner uid {st.st_uid}, mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}: the sender's key must be "
+                                  f"uid {os.geteuid()}'s and 0600 (chmod 600 it)")
+            secret(fd, st)  # and no ACL entry lets anyone else read it
+
+        read_regular(identity, limit=1 << 16, where=where, error=ConfigError,
+                     hint=f"make one: ssh-keygen -t ed25519 -N '' -f {identity}; put its .pub "
+                     "in each host's authorized_keys", check=check)
     for known in sorted({h.known_hosts for h in hosts}):
         if not os.path.exists(known):
             raise ConfigError(f"known_hosts {known}: missing; pin each host's key in it "
@@ -579,17 +588,17 @@ def read_password(target_name: str, password_file: str) -> bytes:
     """A pkcs12 target's keystore password: its file's first line, which must be non-empty.
 
     The file is a secret like the key: refused if it is a symlink, not a regular
-    file, or readable or writable by others than its owner and group.
+    file, or readable by others than its owner and group or writable by others
+    than root (mode bits and ACL entries: :mod:`daemon_keys.trust`).
     A bad password file is a config error (exit 2) wherever it is read.
     """
     where = f"[{target_name}] password_file {password_file}"
-    st, data = read_regular(password_file, limit=MAX_PASSWORD_BYTES, where=where,
-                            error=ConfigError,
-                            hint="create it with: install -m 600 /dev/null FILE, then write "
-                                 "the password into it")
-    if st.st_mode & 0o027:
-        raise ConfigError(f"{where}: mode {stat.S_IMODE(st.st_mode):04o} lets others read "
-                          "or the group write the password (chmod 600 it)")
+    _, data = read_regular(password_file, limit=MAX_PASSWORD_BYTES, where=where,
+                           error=ConfigError,
+                           hint="create it with: install -m 600 /dev/null FILE, then write "
+                                "the password into it",
+                           check=file_check(where, ConfigError, readers="group",
+                                            stakes="the password opens the keystore"))
     password = data.split(b"\n", 1)[0].rstrip(b"\r")
     if not password:
         raise ConfigError(f"{where}: put the password on the first line (1 to "
@@ -629,10 +638,10 @@ def _read_trusted(path: str, stakes: str = "its check and reload commands run as
                   ) -> str:
     """The text of a file only root (or the user running the deploy) can change, read
     through descriptors: the config (its ``check`` and ``reload`` commands run as that
-    user), or what else decides what is published (``stakes`` says what)."""
+    user), or what else decides what is published (``stakes`` says what). The file and
+    every directory above it must pass :mod:`daemon_keys.trust` (mode bits and ACLs)."""
     euid = os.geteuid()
-    fix = (f"{stakes.format(euid=euid)}: make it and every directory above it root-owned and "
-           "writable by root only (chown root: FILE; chmod go-w FILE)")
+    stakes = stakes.format(euid=euid)
     if os.path.isdir(path):
         raise ConfigError(f"{path}: is a directory; give the config file itself (e.g. "
                           f"--config {os.path.join(path, 'atomic-deploy.conf')})")
@@ -645,13 +654,11 @@ def _read_trusted(path: str, stakes: str = "its check and reload commands run as
                               ) from None
         raise ConfigError(f"{path}: refused: {exc}") from None
     try:
-        st, data = read_regular(name, dir_fd=dir_fd, limit=MAX_CONFIG_BYTES, where=path,
-                                error=ConfigError, hint="create it, or give --config")
+        _, data = read_regular(name, dir_fd=dir_fd, limit=MAX_CONFIG_BYTES, where=path,
+                               error=ConfigError, hint="create it, or give --config",
+                               check=file_check(path, ConfigError, stakes=stakes))
     finally:
         os.close(dir_fd)
-    why = unsafe_reason(st, {euid}, last=True)
-    if why is not None:
-        raise ConfigError(f"{path}: refused, {why}; {fix}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

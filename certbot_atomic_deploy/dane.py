@@ -30,15 +30,14 @@ only. No run ever sleeps for a TTL.
 from __future__ import annotations
 
 import datetime
-import os
 import re
-import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from certbot_atomic_deploy.state import DaneState
 from daemon_keys.errors import ConfigError, KeysError
 from daemon_keys.fs import read_regular
+from daemon_keys.trust import file_check
 
 if TYPE_CHECKING:  # imported where used: no cost to the hook's start-up without DANE
     import dns.message
@@ -261,14 +260,10 @@ def read_tsig(path: str) -> tuple[str, str, str]:
     (``tsig-keygen``, ``nsupdate -k``) or Knot's (``keymgr -t``). Refused unless only
     its owner (root, or the user running the deploy) can read it."""
     where = f"tlsa_update {path}"
-    st, data = read_regular(path, limit=MAX_KEY_FILE_BYTES, where=where, error=ConfigError,
-                            hint="write the zone's TSIG key there, e.g. tsig-keygen NAME > FILE")
-    if st.st_uid not in (0, os.geteuid()):
-        raise ConfigError(f"{where}: owned by uid {st.st_uid}, not root: the TSIG key can "
-                          "change the zone (chown root: it)")
-    if st.st_mode & 0o077:
-        raise ConfigError(f"{where}: mode {stat.S_IMODE(st.st_mode):04o} lets others read "
-                          "the TSIG key, which can change the zone (chmod 600 it)")
+    _, data = read_regular(path, limit=MAX_KEY_FILE_BYTES, where=where, error=ConfigError,
+                           hint="write the zone's TSIG key there, e.g. tsig-keygen NAME > FILE",
+                           check=file_check(where, ConfigError, readers="owner",
+                                            stakes="the TSIG key can change the zone"))
     text = data.decode("utf-8", "replace")
     found = re.search(_BIND_KEY, text, re.S) or re.search(_KNOT_KEY, text)
     if found is None:

@@ -831,8 +831,12 @@ class Deployer:
                     material = self.material(current.lineage)
                     row["in_sync"] = payload_for(target, material).in_place(current)
                     row["lineage_version"] = material.version
-                    row["detail"] = ("in sync" if row["in_sync"] else
-                                     f"lineage is at v{material.version}; run deploy")
+                    row["detail"] = (
+                        "in sync" if row["in_sync"] else
+                        f"lineage is at v{material.version}; run deploy"
+                        if material.version != current.version else
+                        "differs from its spec (content, owner, group, mode or an ACL "
+                        "entry); run deploy to put it back")
                     held = _held(target, state)
                     if held is not None:
                         row["in_sync"] = False

@@ -8,7 +8,9 @@ File: :func:`daemon_keys.atomicfile.write_file_atomic` on the destination.
 Versioned directory ``DIR`` (``DIR/current -> vN``):
 
 1. remove what a killed run left (``.vN.*.tmp`` directories, ``.current.*.tmp`` links);
-2. create ``DIR/.vN.<random>.tmp`` mode 0700, invisible to readers;
+2. create ``DIR/.vN.<random>.tmp`` mode 0700, invisible to readers, and take away
+   the access and default ACL it inherited from ``DIR`` (so neither it nor the
+   files made in it let in anyone their mode does not);
 3. create each file in it with :func:`daemon_keys.atomicfile.write_new_file` (owner and
    mode before the first byte, fsync);
 4. chmod the version directory 0755 (each key file keeps its own mode), fsync
@@ -35,6 +37,7 @@ import stat
 from collections.abc import Callable
 from typing import NamedTuple
 
+from daemon_keys import acl
 from daemon_keys.atomicfile import (
     check_replaceable,
     open_for_writing,
@@ -66,11 +69,16 @@ class Undo(NamedTuple):
 
 
 def read_if_exact(dir_fd: int, name: str, uid: int, gid: int, mode: int) -> bytes | None:
-    """The file's bytes if it is a regular file with exactly this owner and mode, else None."""
+    """The file's bytes if it is a regular file with exactly this owner and mode and no
+    ACL entry beyond them (an entry added by hand lets someone else read), else None."""
+    def no_acl(fd: int, st: os.stat_result) -> None:
+        if acl.read_acl(fd) is not None:
+            raise KeysError(f"{name}: has an ACL")
     try:
-        st, data = read_regular(name, dir_fd=dir_fd, limit=MAX_FILE_BYTES, where=name)
+        st, data = read_regular(name, dir_fd=dir_fd, limit=MAX_FILE_BYTES, where=name,
+                                check=no_acl)
     except KeysError:
-        return None  # absent or unreadable counts as different: the publish says why
+        return None  # absent, unreadable or widened counts as different: a publish mends it
     if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (uid, gid, mode):
         return None
     return data
@@ -259,6 +267,11 @@ def publish_directory(directory: str, files: dict[str, NewFile], *, owner_uid: i
                             f"{where}/{final}", "the version directory")  # (2)
         try:
             vfd = os.open(temp, READ_DIR, dir_fd=dir_fd)
+            try:
+                acl.clear(vfd, directory=True)
+            except OSError:
+                os.close(vfd)
+                raise
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.rmdir(temp, dir_fd=dir_fd)

@@ -9,7 +9,8 @@ Finds:
   open to others (Certbot makes them 0700);
 - ACL entries on ``live/``, ``archive/`` and their lineage directories that no
   lineage's spec asks for (left by a group that was changed since, or added by
-  hand), or that give more than search (``x``).
+  hand), or that give more than search (``x``), and entries for ids whose user
+  or group was deleted (a later ``useradd`` would be given the id and its access).
 
 ``fix=True`` tightens: a key of a lineage with a spec gets that spec (as
 ``certbot-perms apply`` would); any other key and every account key loses
@@ -25,7 +26,6 @@ import os
 import stat
 from dataclasses import asdict, dataclass
 
-from certbot_perms import acl
 from certbot_perms.lineage import (
     PRIVKEY_NAME,
     ApplyReport,
@@ -34,9 +34,17 @@ from certbot_perms.lineage import (
     search_principals,
 )
 from certbot_perms.records import spec_for
+from daemon_keys import acl
 from daemon_keys.errors import ConfigError, KeysError, describe_os_error
 from daemon_keys.fs import READ_DIR, READ_FILE
-from daemon_keys.keyspec import KEY_MODE_OWNER_ONLY, KeySpec, exceeds, name_of_gid, name_of_uid
+from daemon_keys.keyspec import (
+    KEY_MODE_OWNER_ONLY,
+    KeySpec,
+    exceeds,
+    has_name,
+    name_of_gid,
+    name_of_uid,
+)
 
 PRIVATE_DIRS = ("live", "archive", "accounts")
 DEFAULT_SPEC = KeySpec(uid=0, gid=0, mode=KEY_MODE_OWNER_ONLY, owner_name="root",
@@ -245,23 +253,35 @@ def _subdirs(fd: int) -> list[str]:
 
 def _audit_acl_entries(fd: int, path: str, allowed: set[tuple[int, int]] | None, fix: bool,
                        out: list[Finding]) -> None:
-    if allowed is None:
-        return  # a spec it depends on cannot be read: reported once, by _Specs
+    """Named entries no readable spec asks for, or that give more than ``x``; an entry for
+    an id with no name (its user or group deleted) is judged even when a spec cannot be
+    read (``allowed`` None): the next useradd or groupadd would be given that id."""
     for entry in acl.named_entries(fd):
-        who = (f"user {name_of_uid(entry.qualifier)}" if entry.tag == acl.USER
+        user = entry.tag == acl.USER
+        orphan = not has_name(entry.qualifier, user=user)
+        if allowed is None and not orphan:
+            continue  # a spec it depends on cannot be read: reported once, by _Specs
+        who = (f"user {name_of_uid(entry.qualifier)}" if user
                else f"group {name_of_gid(entry.qualifier)}")
-        wanted = (entry.tag, entry.qualifier) in allowed
+        wanted = allowed is not None and (entry.tag, entry.qualifier) in allowed
         if wanted and not entry.perm & ~acl.SEARCH:
             continue
         perms = "".join(c for bit, c in ((acl.READ, "r"), (acl.WRITE, "w"), (acl.SEARCH, "x"))
                         if entry.perm & bit) or "nothing"
-        finding = Finding(path, f"an ACL entry gives {who} {perms}, " + (
-            "more than the search (x) its lineage's spec needs" if wanted
-            else "which no lineage's spec asks for"))
+        if orphan and not wanted:
+            problem = (f"an ACL entry gives {'uid' if user else 'gid'} {entry.qualifier}, "
+                       f"which has no name (a deleted {'user' if user else 'group'}), "
+                       f"{perms}: the next {'useradd' if user else 'groupadd'} given that "
+                       "id would inherit it")
+        else:
+            problem = f"an ACL entry gives {who} {perms}, " + (
+                "more than the search (x) its lineage's spec needs" if wanted
+                else "which no lineage's spec asks for")
+        finding = Finding(path, problem)
         if fix:
             acl.revoke(fd, entry.tag, entry.qualifier)
             if wanted:
-                acl.grant_search(fd, **({"uid": entry.qualifier} if entry.tag == acl.USER
+                acl.grant_search(fd, **({"uid": entry.qualifier} if user
                                         else {"gid": entry.qualifier}))
             finding.fixed = True
         out.append(finding)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -117,9 +118,12 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
                 held = f"; its new key keeps the previous key's {report.spec.describe()}"
             except KeysError as exc:
                 held = f"; its new key is as certbot made it ({exc})"
+        flag = ("--perms-key-owner USER" if re.search(r"key[-_]owner", why) else
+                "--perms-key-mode MODE" if re.search(r"key[-_]mode", why) else
+                "--perms-key-group GROUP")
         return (f"perms: lineage {name}: cannot apply its key spec: {why}{held}. Fix the "
                 f"spec in renewal/{name}.conf (create the user or group, or certbot "
-                f"reconfigure --cert-name {name} --perms-key-group GROUP), then run "
+                f"reconfigure --cert-name {name} -i perms {flag}), then run "
                 "certbot renew")
 
     def _refuse_unrecorded(self, key_path: str) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from certbot_perms import acl
+from daemon_keys import acl
 from daemon_keys.errors import (
     KeysError,
     LineageError,
@@ -37,7 +37,13 @@ from daemon_keys.errors import (
     reason,
 )
 from daemon_keys.fs import READ_DIR, READ_FILE, open_dir
-from daemon_keys.keyspec import KEY_MODE_GROUP_READ, KeySpec, name_of_gid, name_of_uid
+from daemon_keys.keyspec import (
+    KEY_MODE_GROUP_READ,
+    KeySpec,
+    has_name,
+    name_of_gid,
+    name_of_uid,
+)
 
 PRIVKEY_NAME = re.compile(r"^privkey[0-9]+\.pem$")
 
@@ -352,9 +358,11 @@ def apply_key_permissions(config_dir: str, name: str, spec: KeySpec) -> ApplyRep
 
 def hold_previous_key(config_dir: str, name: str) -> ApplyReport:
     """Give the lineage's newest key the owner, group and mode of the key before it
-    (at most 0640), numeric ids as they are: for a renewal whose spec cannot be
-    applied (a deleted group, a bad value), so the new key is never wider and
-    never someone else's than the old one. Nothing else changes. Raises like
+    (at most 0640): for a renewal whose spec cannot be applied (a deleted group,
+    a bad value), so the new key is never wider and never someone else's than
+    the old one. An owner or group id that no longer has a name is replaced by
+    root's (and the group loses its bits): a later useradd would inherit it.
+    Nothing else changes. Raises like
     :func:`apply_key_permissions`.
     """
     with _lineage_keys(config_dir, name) as (_root, _live, archive_rel, archive_fd, keys):
@@ -362,9 +370,16 @@ def hold_previous_key(config_dir: str, name: str) -> ApplyReport:
             raise LineageError(f"{os.path.join(config_dir, archive_rel)}: no earlier key to "
                                "take the owner, group and mode of")
         st = os.stat(keys[-2], dir_fd=archive_fd, follow_symlinks=False)
-        held = KeySpec(uid=st.st_uid, gid=st.st_gid,
-                       mode=stat.S_IMODE(st.st_mode) & KEY_MODE_GROUP_READ,
-                       owner_name=name_of_uid(st.st_uid), group_name=name_of_gid(st.st_gid))
+        uid, gid = st.st_uid, st.st_gid
+        mode = stat.S_IMODE(st.st_mode) & KEY_MODE_GROUP_READ
+        # An id whose name is gone (userdel, groupdel) gets nothing: the next useradd
+        # or groupadd would be given it, and with it the key.
+        if not has_name(uid, user=True):
+            uid = 0
+        if not has_name(gid, user=False):
+            gid, mode = 0, mode & ~stat.S_IRWXG
+        held = KeySpec(uid=uid, gid=gid, mode=mode, owner_name=name_of_uid(uid),
+                       group_name=name_of_gid(gid))
         report = ApplyReport(lineage=name, spec=held)
         apply_to_key(archive_fd, keys[-1], held, os.path.join(config_dir, archive_rel,
                                                                keys[-1]), report)

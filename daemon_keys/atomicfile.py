@@ -21,8 +21,10 @@ Steps (marked ``# (N)`` in the body):
    that name makes the open fail (and another name is tried), it never
    redirects the write.
 3. ``fchown`` then ``fchmod`` the descriptor to the final owner and mode while
-   the file is still empty. (The chown is done first: the kernel clears
-   setuid/setgid bits on chown, and the mode must be the last word.)
+   the file is still empty, then take away any access ACL it inherited from
+   the directory's default ACL (named entries the mode would otherwise let
+   in): the mode alone says who may read. (The chown is done first: the kernel
+   clears setuid/setgid bits on chown, and the mode must be the last word.)
 4. Write every byte, then ``fsync`` the file.
 5. ``rename`` the temp name over the destination (atomic for readers).
 6. ``fsync`` the directory, so the rename itself is durable.
@@ -49,6 +51,7 @@ import contextlib
 import os
 import stat
 
+from daemon_keys import acl
 from daemon_keys.errors import UnsafePathError, write_failed
 from daemon_keys.fs import RESOLVE_PARENT_LINKS, make_temp, open_dir
 
@@ -122,6 +125,8 @@ def _fill(fd: int, data: bytes, *, uid: int, gid: int, mode: int, where: str) ->
         if (st.st_uid, st.st_gid) != (uid, gid):
             os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
+        if acl.clear(fd):  # inherited from a default ACL: the mode is the spec
+            os.fchmod(fd, mode)
     except OSError as exc:
         raise write_failed(where, f"setting owner {uid}:{gid} and mode {mode:04o}",
                            exc) from None

@@ -20,10 +20,11 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TypeVar
 
 from daemon_keys.errors import KeysError, UnsafePathError, UsageError, reason, write_failed
+from daemon_keys.trust import fix_hint, read_acl, unsafe_reason
 
 T = TypeVar("T")
 
@@ -49,28 +50,6 @@ def temp_name(name: str) -> str:
     return f".{name}.{random_token()}{TEMP_SUFFIX}"
 
 
-def unsafe_reason(st: os.stat_result, trusted_uids: Iterable[int], *, last: bool) -> str | None:
-    """Why a directory with this stat is unsafe to write under, or None.
-
-    Safe: owned by root or a trusted uid, and writable by no one else (group
-    write counts only for a group other than root). An ancestor may also be
-    world-writable with the sticky bit (like /tmp): others cannot replace
-    entries they do not own there. The destination directory itself may not.
-    """
-    if st.st_uid != 0 and st.st_uid not in trusted_uids:
-        return f"owned by uid {st.st_uid}, not root"
-    mode = st.st_mode
-    if mode & stat.S_IWOTH:
-        writer = "others"
-    elif mode & stat.S_IWGRP and st.st_gid != 0:
-        writer = f"group {st.st_gid}"
-    else:
-        return None
-    if mode & stat.S_ISVTX and not last:
-        return None
-    return f"writable by {writer} (mode {stat.S_IMODE(mode):04o})"
-
-
 def open_dir(path: str, *, at: int | None = None, at_path: str = "",
              symlinks: str = REFUSE_LINKS,
              writer_uid: int | None = None, create_mode: int | None = None) -> int:
@@ -82,8 +61,9 @@ def open_dir(path: str, *, at: int | None = None, at_path: str = "",
     with :data:`RESOLVE_PARENT_LINKS` (absolute paths only), substituted and its
     target walked and checked like the rest.
     With ``writer_uid`` (for a directory we will write into), every directory
-    on the way must pass :func:`unsafe_reason`, trusting root and the running
-    user (who can write anything we write anyway); the last one may also be
+    on the way must pass :func:`.trust.unsafe_reason` (mode bits and ACL),
+    trusting root and the running user (who can write anything we write
+    anyway); the last one may also be
     owned by ``writer_uid``. With ``create_mode``, a missing last component is
     created with that mode. Raises :class:`UnsafePathError`, or
     :class:`WriteError` when the creation fails.
@@ -138,11 +118,13 @@ def open_dir(path: str, *, at: int | None = None, at_path: str = "",
             walked = here
             if writer_uid is not None:
                 trusted = {euid, writer_uid} if not pending else {euid}
-                why = unsafe_reason(os.fstat(fd), trusted, last=not pending)
+                why = unsafe_reason(os.fstat(fd), trusted, last=not pending,
+                                    entries=read_acl(fd))
                 if why is not None:
+                    fix = fix_hint(why, walked, "chown root: DIR; chmod go-w DIR")
                     raise UnsafePathError(
                         f"{walked}: unsafe directory, {why} (make it root-owned and "
-                        "writable by root only: chown root: DIR; chmod go-w DIR)")
+                        f"writable by root only: {fix})")
         return fd
     except BaseException:
         os.close(fd)
@@ -160,10 +142,13 @@ def _create_dir(parent_fd: int, name: str, mode: int, where: str) -> int:
 
 
 def read_regular(name: str, *, dir_fd: int | None = None, limit: int, where: str,
-                 error: type[KeysError] = UnsafePathError, hint: str = ""
+                 error: type[KeysError] = UnsafePathError, hint: str = "",
+                 check: Callable[[int, os.stat_result], None] | None = None
                  ) -> tuple[os.stat_result, bytes]:
     """Open ``name`` without following a symlink, check it is a regular file, read at most
     ``limit`` bytes. Returns its stat (of the open descriptor) and its bytes.
+    ``check(fd, stat)``, when given, judges the open file before a byte is read
+    (the trust rule reads its ACL through the descriptor) and raises to refuse it.
 
     Every failure is one ``error`` naming ``where``: missing, a symlink, not a
     regular file, unreadable, larger than ``limit``; ``hint`` is added to the
@@ -182,6 +167,8 @@ def read_regular(name: str, *, dir_fd: int | None = None, limit: int, where: str
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{where}: not a regular file{tail}")
+        if check is not None:
+            check(fd, st)
         chunks = []
         left = limit + 1
         while left > 0:

@@ -73,6 +73,16 @@ def name_of_gid(gid: int) -> str:
         return str(gid)
 
 
+def has_name(number: int, *, user: bool) -> bool:
+    """Whether uid (``user``) or gid ``number`` has a name now (not cached: asked
+    about ids whose user or group may just have been deleted)."""
+    try:
+        (pwd.getpwuid if user else grp.getgrgid)(number)
+    except KeyError:
+        return False
+    return True
+
+
 @functools.cache  # a miss raises KeyError, which is not cached
 def _uid_of(name: str) -> int:
     return pwd.getpwnam(name).pw_uid

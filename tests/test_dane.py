@@ -220,7 +220,7 @@ def test_rfc2136_rollover_adds_waits_switches_and_retires(site: Path, open_tmp: 
 
 
 @pytest.mark.parametrize("mode, owner, message", [
-    (0o644, 0, "lets others read the TSIG key"),
+    (0o644, 0, "mode 0644 lets others read it"),
     (0o600, 65534, "owned by uid 65534, not root"),
 ])
 def test_a_tsig_key_others_can_read_or_own_is_refused(

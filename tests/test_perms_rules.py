@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from certbot_perms import acl
+from daemon_keys import acl
 from daemon_keys.errors import SpecError
 from daemon_keys.keyspec import exceeds, parse_spec
 from tests.support.users import NOBODY, run_as

@@ -110,8 +110,8 @@ def test_a_tsig_key_is_read_in_binds_and_knots_format(own_site: Path, text: str)
 
 
 @pytest.mark.parametrize("mode, text, message", [
-    (0o640, BIND, "lets others read the TSIG key"),
-    (0o604, BIND, "lets others read the TSIG key"),
+    (0o640, BIND, "mode 0640 lets the group read it"),
+    (0o604, BIND, "mode 0604 lets others read it"),
     (0o600, "secret\n", "no TSIG key in it"),
     (0o600, BIND.replace("hmac-sha256", "hmac-md5"), "is not one of"),
 ])

@@ -16,10 +16,11 @@ from cryptography.hazmat.primitives import serialization
 
 from certbot_atomic_deploy.pem import build, keystore_fingerprint, parse_blocks
 from certbot_atomic_deploy.state import Record, StateDir, TargetState
-from certbot_perms import acl
+from daemon_keys import acl
 from daemon_keys.atomicfile import open_for_writing, write_file_atomic, write_new_file
 from daemon_keys.errors import KeysError, LockError, UnsafePathError, ValidationError
-from daemon_keys.fs import READ_DIR, Leftovers, unsafe_reason
+from daemon_keys.fs import READ_DIR, Leftovers
+from daemon_keys.trust import unsafe_reason
 from tests.support.pki import make_chain, material, pem_of
 
 ME, MY_GROUP = os.geteuid(), os.getegid()

@@ -5,9 +5,11 @@ xattr is a little-endian u32 version (2) followed by (u16 tag, u16 perm,
 u32 id) entries sorted by tag, then id. Named entries need a MASK entry; the
 kernel shows the mask as the group bits of ``st_mode``.
 
-Used for one thing: letting one user or group *search* (``x``) a directory that
-is otherwise closed (Certbot's ``live/`` and ``archive/`` are 0700), without
-letting it list the directory and without giving anyone else anything.
+Used for: letting one user or group *search* (``x``) a directory that is
+otherwise closed (Certbot's ``live/`` and ``archive/`` are 0700), without
+letting it list the directory and without giving anyone else anything; and, for
+the trust rule (:mod:`daemon_keys.trust`) and every file we publish, seeing who
+an ACL lets in and taking an inherited one away (:func:`clear`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import struct
 from dataclasses import dataclass
 
 ACL_XATTR = "system.posix_acl_access"
+DEFAULT_XATTR = "system.posix_acl_default"  # a directory's: what new entries inherit
 _VERSION = 2
 _HEADER = struct.Struct("<I")
 _ENTRY = struct.Struct("<HHI")
@@ -62,6 +65,53 @@ def read_acl(fd: int) -> list[AclEntry] | None:
         if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP):
             return None
         raise
+
+
+def describe(entry: AclEntry, name: str = "") -> str:
+    """An entry as getfacl prints it: ``user:alice:rw-``, ``group:1004:--x``, ``mask::r--``."""
+    tag = {USER_OBJ: "user", USER: "user", GROUP_OBJ: "group", GROUP: "group", MASK: "mask",
+           OTHER: "other"}.get(entry.tag, f"tag{entry.tag}")
+    bits = "".join(c if entry.perm & b else "-" for c, b in (("r", READ), ("w", WRITE),
+                                                               ("x", SEARCH)))
+    who = name or (str(entry.qualifier) if entry.tag in (USER, GROUP) else "")
+    return f"{tag}:{who}:{bits}"
+
+
+def effective_named(entries: list[AclEntry]) -> list[tuple[AclEntry, int]]:
+    """Each named user and group entry with what it really grants (its perm and the mask)."""
+    mask = _perm(entries, MASK)
+    limit = 7 if mask is None else mask
+    return [(e, e.perm & limit) for e in entries if e.tag in (USER, GROUP)]
+
+
+def owning_group_perm(st: os.stat_result, entries: list[AclEntry] | None) -> int:
+    """What the owning group may do: its ACL entry cut by the mask (the mode's group
+    bits are the mask when there is an ACL)."""
+    if entries is None:
+        return (st.st_mode >> 3) & 7
+    mask = _perm(entries, MASK)
+    return (_perm(entries, GROUP_OBJ) or 0) & (7 if mask is None else mask)
+
+
+def clear(fd: int, *, directory: bool = False) -> bool:
+    """Take away ``fd``'s extended access ACL (and, for a directory, its default ACL),
+    keeping the mode bits as they are; True if there was one.
+
+    A file created in a directory with a default ACL inherits it: named entries
+    that, once the mode is set, let in whoever the directory's owner listed.
+    Call it after the final ``fchmod`` and before the first byte: the mode then
+    says exactly who may read. Removing the access ACL xattr makes the kernel
+    treat the group bits of the mode (the mask until now) as the owning group's.
+    """
+    changed = False
+    for name in (ACL_XATTR, DEFAULT_XATTR) if directory else (ACL_XATTR,):
+        try:
+            os.removexattr(fd, name)
+            changed = True
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                raise
+    return changed
 
 
 def _minimal_from_mode(mode: int) -> list[AclEntry]:
