@@ -703,6 +703,53 @@ def _check_destinations(config: Config, config_dir: str) -> None:
                                   f"{other.destination}; give each target its own path")
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_inputs(config: Config, extra: list[tuple[str, str]]) -> None:
+    """No target writes over (or into a directory holding) a file the suite itself reads:
+    the config, a password file, a TSIG key, the identity, known_hosts, the pinned
+    issuers, the receiver's store, the metrics file. Compared by identity (device and
+    inode, so a second name or a bind mount is caught) and, for a versioned directory,
+    by where the input really lives."""
+    inputs: list[tuple[str, str]] = [(config.path, "this config itself"), *extra]
+    if config.metrics_file:
+        inputs.append((config.metrics_file, "[defaults] metrics_file"))
+    for t in config.targets:
+        if isinstance(t.output, FileOutput) and t.output.password_file:
+            inputs.append((t.output.password_file, f"[{t.name}] password_file"))
+        if t.dane is not None and t.dane.update is not None:
+            inputs.append((t.dane.update.key_file, f"[{t.name}] tlsa_update"))
+    for h in config.hosts:
+        inputs += [(h.identity, f"[{h.name}] identity"),
+                   (h.known_hosts, f"[{h.name}] known_hosts")]
+        if h.dane is not None and h.dane.update is not None:
+            inputs.append((h.dane.update.key_file, f"[{h.name}] tlsa_update"))
+    inputs.append((config.store_dir, "the receiver's store"))
+    known = {}
+    for path, what in inputs:
+        ident = _identity(path)
+        if ident is not None:
+            known[ident] = (path, what)
+    real_inputs = [(os.path.realpath(path), path, what) for path, what in inputs]
+    for t in config.targets:
+        field = "path" if isinstance(t.output, FileOutput) else "directory"
+        where = f"{config.path}: [{t.name}] {field}"
+        hit = known.get(_identity(t.destination) or (-1, -1))
+        if hit is None and isinstance(t.output, DirectoryOutput):
+            real = os.path.realpath(t.destination)
+            hit = next(((p, w) for r, p, w in real_inputs if _inside(r, real)), None)
+        if hit is not None:
+            raise ConfigError(f"{where}: {t.destination} would write over {hit[1]} "
+                              f"({hit[0]}), which this suite reads; give the target a path "
+                              "of its own")
+
+
 def _issuers(path: str) -> tuple[bytes, ...]:
     """The pinned CA certificates: a file as trusted as the config, of CERTIFICATE blocks."""
     text = _read_trusted(path, "it decides which certificates are published")
@@ -751,8 +798,9 @@ def load(path: str, config_dir: str) -> Config:
     metrics_file = (None if metrics is None else
                     _absolute(str(metrics), f"{path}: [defaults] metrics_file"))
     issuers = defaults.get("issuers")
-    pinned = None if issuers is None else _issuers(
-        _absolute(str(issuers), f"{path}: [defaults] issuers"))
+    issuers_file = (None if issuers is None else
+                    _absolute(str(issuers), f"{path}: [defaults] issuers"))
+    pinned = None if issuers_file is None else _issuers(issuers_file)
     targets = tuple(_target(name, section, defaults, path)
                     for name, section in sections.items() if section.get("host") is None)
     hosts = tuple(_host_target(name, section, defaults, path)
@@ -780,4 +828,5 @@ def load(path: str, config_dir: str) -> Config:
                     parallel=DEFAULT_PARALLEL if parallel is None else int(str(parallel)),
                     commit="each" if commit is None else str(commit))
     _check_destinations(config, config_dir)
+    _check_inputs(config, [(issuers_file, "[defaults] issuers")] if issuers_file else [])
     return config

@@ -7,6 +7,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import pwd
 import secrets
 import subprocess
 from pathlib import Path
@@ -50,8 +51,10 @@ def test_a_renewal_that_cannot_apply_the_spec_fails_loudly_and_keeps_it(
     said = result.stdout + result.stderr
     assert "perms: lineage mail: cannot apply its key spec" in said, said
     assert "all renewals succeeded" not in said
-    # The renewed key is never wider than, nor someone else's than, the old one.
-    assert _keys(certbot, "mail") == [(0, gid, 0o640), (0, gid, 0o640)]
+    # The renewed key is never wider than, nor someone else's than, the old one; a
+    # gid whose group is gone gets nothing (a later groupadd would be given it).
+    held = (0, 0, 0o600) if breakage == "group deleted" else (0, gid, 0o640)
+    assert _keys(certbot, "mail") == [(0, gid, 0o640), held]
     # The spec stays recorded: fixing the cause makes the next renewal whole again.
     assert "installer = perms" in conf.read_text()
     if breakage == "group deleted":
@@ -68,6 +71,7 @@ def test_a_deleted_group_makes_check_report_the_lineage_and_renew_fail(
         certbot: Certbot, group: str) -> None:
     certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "gone",
                 "-d", "gone.example.org", "--perms-key-group", group)
+    gid = grp.getgrnam(group).gr_gid
     subprocess.run(["groupdel", group], check=True)
     # Not due: certbot's daily renew still runs the installer's updater, which fails.
     result = certbot.renew(check=False)
@@ -78,6 +82,32 @@ def test_a_deleted_group_makes_check_report_the_lineage_and_renew_fail(
     findings = json.loads(audit.stdout)["findings"]
     assert any("gone" in f["path"] and "does not exist" in f["problem"] for f in findings), \
         findings
+    # The group's x entries on live/ and archive/ outlive it: reported, and --fix removes
+    # them (the next groupadd given that gid would otherwise reach the keys).
+    orphaned = [f for f in findings if "which has no name (a deleted group)" in f["problem"]]
+    assert {Path(f["path"]).name for f in orphaned} >= {"live", "archive"}, findings
+    fixed = perms("--config-dir", str(certbot.config_dir), "check", "--fix", "--json")
+    assert fixed.returncode == 1
+    for top in ("live", "archive"):
+        acl = subprocess.run(["getfacl", "-cn", str(certbot.config_dir / top)],
+                             capture_output=True, text=True, check=True).stdout
+        assert f"group:{gid}:" not in acl, acl
+
+
+def test_a_deleted_owner_id_is_never_given_the_renewed_key(certbot: Certbot, user: str
+                                                           ) -> None:
+    certbot.run("run", "-a", "standalone", "-i", "perms", "--cert-name", "svc",
+                "-d", "svc.example.org", "--perms-key-owner", user)
+    uid = pwd.getpwnam(user).pw_uid
+    assert _keys(certbot, "svc") == [(uid, 0, 0o600)]
+    subprocess.run(["userdel", user], check=True)
+    result = certbot.renew("--force-renewal", check=False)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0, said
+    assert "perms: lineage svc: cannot apply its key spec" in said, said
+    assert "--perms-key-owner USER" in said, said  # the flag that fixes it, not the group's
+    # Root's, not the bare uid a later useradd would be given.
+    assert _keys(certbot, "svc") == [(uid, 0, 0o600), (0, 0, 0o600)]
 
 
 def test_changing_the_group_through_a_reinstall_is_refused_naming_reconfigure(
