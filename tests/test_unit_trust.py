@@ -221,9 +221,16 @@ def test_a_target_over_another_targets_password_file_is_refused(tmp_path: Path) 
         load(str(conf), str(tmp_path / "le"))
 
 
-def test_a_versioned_directory_holding_the_config_is_refused(tmp_path: Path) -> None:
+def test_a_versioned_directory_holding_a_password_file_is_refused(tmp_path: Path) -> None:
     conf = _conf(tmp_path)
-    conf.write_text(f"[ldap]\nlineage = mail\ndirectory = {conf.parent}\n")
-    with pytest.raises(ConfigError, match=r"\[ldap\] directory: .* would write over this "
-                                          "config itself"):
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    password = tls / "keystore.pass"  # pruning old versions could remove it
+    password.write_text("s3cret-pass\n")
+    password.chmod(0o600)
+    conf.write_text(f"[tomcat]\nlineage = mail\npath = {tmp_path}/out/k.p12\n"
+                    f"format = pkcs12\npassword_file = {password}\n"
+                    f"[ldap]\nlineage = mail\ndirectory = {tls}\n")
+    with pytest.raises(ConfigError, match=r"\[ldap\] directory: .* would write over "
+                                          r"\[tomcat\] password_file"):
         load(str(conf), str(tmp_path / "le"))
