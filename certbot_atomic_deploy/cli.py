@@ -48,6 +48,7 @@ from daemon_keys.errors import (
     describe_os_error,
 )
 from daemon_keys.fs import require_dir
+from daemon_keys.text import say
 
 if TYPE_CHECKING:
     import argparse
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         if not lineage:
             raise UsageError("notify: no --lineage given and $RENEWED_LINEAGE is not set "
                              "(use it as certbot's --deploy-hook)")
-        print(f"notified: {spool.notify(args.spool, lineage)}")
+        say(f"notified: {spool.notify(args.spool, lineage)}")
         return EXIT_OK
     if args.command is None and not os.environ.get("RENEWED_LINEAGE"):
         raise UsageError("no command given and $RENEWED_LINEAGE is not set (run "
@@ -309,12 +310,12 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
                 # Before the run: a marker dropped while it runs starts the next one.
                 taken = spool.take(args.spool)
                 if not as_json:
-                    print(f"spool {args.spool}: took {len(taken)} marker(s)"
+                    say(f"spool {args.spool}: took {len(taken)} marker(s)"
                           f"{': ' + ', '.join(taken) if taken else ''}")
             result = deployer.deploy(wanted, reload=not args.defer_reloads)
             _write_metrics(deployer, result)
     if command is not None and not result.outcomes and not as_json:
-        print(f"nothing to deploy: no target in {config.path} takes "
+        say(f"nothing to deploy: no target in {config.path} takes "
               f"{', '.join(sorted(wanted or ()))}")
     print_result(result, as_json)
     return result.exit_code
@@ -375,7 +376,7 @@ def _receive_one(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
                          version=request.version, targets=[vars(o) for o in result.outcomes],
                          commands=[vars(c) for c in result.commands]), flush=True)
     for line in failure_lines(result):
-        print(f"{PROG}: {where}: {line}", file=sys.stderr)
+        say(f"{PROG}: {where}: {line}", file=sys.stderr)
     return result.exit_code
 
 
@@ -424,10 +425,10 @@ def _tlsa(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) -> int
             if version in held:
                 said.append(f"the switch of {', '.join(f'[{n}]' for n in held[version])} "
                             "to it waits for one of these records")
-            print(f"; {lineage} v{version}: {'; '.join(said) or 'held by no target'}")
+            say(f"; {lineage} v{version}: {'; '.join(said) or 'held by no target'}")
             for owner in owners or [_tlsa_owner(deployer, lineage)]:
                 for record in records_for(chain):
-                    print(f"{owner.rstrip('.')}. IN TLSA {record.text()}")
+                    say(f"{owner.rstrip('.')}. IN TLSA {record.text()}")
     return EXIT_OK
 
 
@@ -452,7 +453,7 @@ def _tlsa_check(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) 
     for target, dane in gated:
         current = deployer.state.load(target.name).current
         if current is None:
-            print(f"[{target.name}] nothing published yet: nothing to check")
+            say(f"[{target.name}] nothing published yet: nothing to check")
             continue
         try:
             said = check_served(dane, current.version,
@@ -461,9 +462,9 @@ def _tlsa_check(args: argparse.Namespace | SimpleNamespace, deployer: Deployer) 
             said = [(False, f"the served {current.lineage} v{current.version}: {exc}")]
         for ok, line in said:
             if ok:
-                print(f"[{target.name}] {line}")
+                say(f"[{target.name}] {line}")
             else:
-                print(f"{PROG}: [{target.name}] {line}", file=sys.stderr)
+                say(f"{PROG}: [{target.name}] {line}", file=sys.stderr)
                 code = EXIT_FAILED
     return code
 

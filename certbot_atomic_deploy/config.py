@@ -64,7 +64,7 @@ COMMIT_POLICIES = ("each", "all")
 DEFAULT_TIMEOUT = 300.0  # seconds a check or reload may run before its process group is killed
 MAX_TIMEOUT = 86400
 PUBLIC_FILE_MODE = 0o644
-TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _FORMAT_NAMES = (*FILE_FORMATS, *FORMAT_ALIASES)
 
 
@@ -501,7 +501,7 @@ def _dane_of(name: str, section: dict[str, object], defaults: dict[str, object],
                                   "_PORT._tcp.HOST takes it")
         return None
     for n in names:
-        if not re.match(r"^_[0-9]{1,5}\._(tcp|udp|sctp)\.[A-Za-z0-9*._-]+$", n):
+        if not re.match(r"^_[0-9]{1,5}\._(tcp|udp|sctp)\.[A-Za-z0-9*._-]+\Z", n):
             raise ConfigError(f"{file}: [{name}] tlsa: '{n}' is not a TLSA owner name "
                               "(_PORT._tcp.HOST, e.g. _25._tcp.mx.example.org)")
 

@@ -41,7 +41,7 @@ DIRECTORY_FILES = {
 MAX_PEM_BYTES = 1 << 20
 
 _BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
-_LINK_VERSION = re.compile(r"^(?:.*/)?(privkey|cert|chain|fullchain)([0-9]+)\.pem$")
+_LINK_VERSION = re.compile(r"^(?:.*/)?(privkey|cert|chain|fullchain)([0-9]+)\.pem\Z")
 
 
 class PemBlock(NamedTuple):

@@ -51,7 +51,7 @@ CURRENT = "current"
 VERSION_DIR_MODE = 0o755
 TARGET_DIR_MODE = 0o755
 MAX_FILE_BYTES = 1 << 22  # what we compare with or keep for an undo: keys, chains, keystores
-_VERSION = re.compile(r"^v([0-9]+)$")
+_VERSION = re.compile(r"^v([0-9]+)\Z")
 
 
 class NewFile(NamedTuple):

@@ -43,7 +43,7 @@ PROTOCOL = 1
 MAX_REQUEST_BYTES = 1 << 20
 ACTIONS = ("stage", "commit", "abort")
 STORE_MODE = 0o700
-_LINEAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_LINEAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\Z")
 
 
 class Request(NamedTuple):
@@ -248,7 +248,7 @@ def _live_version(store: str, name: str) -> int | None:
         target = os.readlink(os.path.join(store, "live", name, "privkey.pem"))
     except OSError:
         return None
-    match = re.search(r"privkey([0-9]+)\.pem$", target)
+    match = re.search(r"privkey([0-9]+)\.pem\Z", target)
     return int(match.group(1)) if match else None
 
 

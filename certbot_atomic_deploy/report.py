@@ -11,6 +11,7 @@ import sys
 from certbot_atomic_deploy.commands import CommandRun
 from certbot_atomic_deploy.config import Config, FileOutput
 from daemon_keys.errors import EXIT_FAILED, EXIT_OK
+from daemon_keys.text import say
 
 PROG = "certbot-atomic-deploy"
 
@@ -78,16 +79,16 @@ def print_result(result: RunResult, as_json: bool) -> None:
     else:
         for o in result.outcomes:
             if not o.failed:
-                print(f"[{o.target}] {o.status}: {o.detail}")
+                say(f"[{o.target}] {o.status}: {o.detail}")
         for c in result.commands:
             if c.ok:
-                print(f"{c.kind} ok: {c.command}")
+                say(f"{c.kind} ok: {c.command}")
         for note in result.notes:
-            print(note)
+            say(note)
     for line in result.warnings:
-        print(f"{PROG}: WARNING: {line}", file=sys.stderr)
+        say(f"{PROG}: WARNING: {line}", file=sys.stderr)
     for line in failure_lines(result):
-        print(f"{PROG}: {line}", file=sys.stderr)
+        say(f"{PROG}: {line}", file=sys.stderr)
 
 
 def print_status(rows: list[dict[str, object]], as_json: bool) -> None:
@@ -96,47 +97,47 @@ def print_status(rows: list[dict[str, object]], as_json: bool) -> None:
         return
     for r in rows:
         if r["lineage"] is None:
-            print(f"[{r['target']}] {r['destination']}: {r['detail']}")
+            say(f"[{r['target']}] {r['destination']}: {r['detail']}")
             continue
         probed = f"; probe ok at {r['probe_at']}" if r.get("probe_ok") is True else ""
-        print(f"[{r['target']}] {r['destination']}: lineage {r['lineage']} v{r['version']} "
+        say(f"[{r['target']}] {r['destination']}: lineage {r['lineage']} v{r['version']} "
               f"serial {r['serial']} expires {r['not_after']}; {r['detail']}{probed}")
 
 
 def print_config(config: Config, chosen: dict[str, str]) -> None:
     """The resolved config; ``chosen``: each target's lineage as of now."""
     hosts = f" and {len(config.hosts)} host target(s)" if config.hosts else ""
-    print(f"{config.path}: {len(config.targets)} target(s){hosts}, state in {config.state_dir}")
+    say(f"{config.path}: {len(config.targets)} target(s){hosts}, state in {config.state_dir}")
     for t in config.targets:
         which = (f"lineage {t.lineage}" if t.lineage
                  else f"the lineage covering {', '.join(t.domains)} (now: {chosen[t.name]})")
         preset = f" (preset {t.preset})" if t.preset else ""
-        print(f"[{t.name}]{preset} {which} -> {t.describe()}; key files "
+        say(f"[{t.name}]{preset} {which} -> {t.describe()}; key files "
               f"{t.key.describe()}, others 0644; keep {t.keep}")
         if t.domains and t.lineage:
-            print(f"    must cover: {', '.join(t.domains)}")
+            say(f"    must cover: {', '.join(t.domains)}")
         if isinstance(t.output, FileOutput) and t.output.password_file:
-            print(f"    keystore: PKCS#12, password from {t.output.password_file}, alias the "
+            say(f"    keystore: PKCS#12, password from {t.output.password_file}, alias the "
                   "lineage name")
         if t.reader:
-            print(f"    check: open the key as {t.reader} (the daemon's user)")
+            say(f"    check: open the key as {t.reader} (the daemon's user)")
         if t.probe:
-            print(f"    probe: {t.probe.describe()} must serve it after the reload")
+            say(f"    probe: {t.probe.describe()} must serve it after the reload")
         if t.dane:
-            print(f"    dane: {t.dane.describe()}")
+            say(f"    dane: {t.dane.describe()}")
         for c in t.check:
-            print(f"    check: {c}")
+            say(f"    check: {c}")
         for c in t.reload:
-            print(f"    reload: {c}")
+            say(f"    reload: {c}")
     for h in config.hosts:
         which = (f"lineage {h.lineage}" if h.lineage
                  else f"the lineage covering {', '.join(h.domains)} (now: {chosen[h.name]})")
-        print(f"[{h.name}] {which} -> {h.describe()}")
-        print(f"    ssh: identity {h.identity}, host keys pinned in {h.known_hosts}, connect "
+        say(f"[{h.name}] {which} -> {h.describe()}")
+        say(f"    ssh: identity {h.identity}, host keys pinned in {h.known_hosts}, connect "
               f"timeout {h.connect_timeout} s, {h.timeout:g} s an exchange")
         if h.probe:
-            print(f"    probe: {h.probe.describe()} must serve it after the commit")
+            say(f"    probe: {h.probe.describe()} must serve it after the commit")
         if h.dane:
-            print(f"    dane: {h.dane.describe()}")
+            say(f"    dane: {h.dane.describe()}")
     if config.hosts:
-        print(f"push: {config.parallel} host(s) at once; commit = {config.commit}")
+        say(f"push: {config.parallel} host(s) at once; commit = {config.commit}")

@@ -38,7 +38,7 @@ STATE_FILE = "state.json"
 KEPT_DIR = "kept"
 MAX_KEPT_BYTES = 1 << 22
 LOCK_POLL = 0.1
-_KEPT_NAME = re.compile(r"^(.+)\.([0-9]+)$")
+_KEPT_NAME = re.compile(r"^(.+)\.([0-9]+)\Z")
 
 
 class Record(NamedTuple):

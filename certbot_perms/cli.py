@@ -21,6 +21,7 @@ from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
 from daemon_keys.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS, ConfigError, UsageError
 from daemon_keys.fs import require_dir
 from daemon_keys.keyspec import KeySpec, parse_spec
+from daemon_keys.text import say
 
 PROG = "certbot-perms"
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
@@ -112,7 +113,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             if spec is None and as_hook:
                 # The global hook (renewal-hooks/deploy/) runs for every lineage:
                 # one with no spec (an nginx lineage) is not its business.
-                print(f"lineage {name}: no key spec recorded; left as certbot made it")
+                say(f"lineage {name}: no key spec recorded; left as certbot made it")
                 continue
             if spec is None:
                 raise UsageError(f"lineage {name}: no key spec recorded (run once: "
@@ -125,10 +126,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if given is not None and renewal_options(config_dir, name) is None:
             record_spec(config_dir, name, spec)
         for line in report.changed:
-            print(line)
+            say(line)
         for line in report.warnings:
-            print(f"warning: {line}", file=sys.stderr)
-        print(f"lineage {name}: keys are {spec.describe()}")
+            say(f"warning: {line}", file=sys.stderr)
+        say(f"lineage {name}: keys are {spec.describe()}")
     return EXIT_OK
 
 
@@ -162,9 +163,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                          indent=2))
     else:
         for finding in findings:
-            print(finding.line())
+            say(finding.line())
         if not findings:
-            print(f"{args.config_dir}: no key readable beyond its spec, no unsafe directory")
+            say(f"{args.config_dir}: no key readable beyond its spec, no unsafe directory")
     remaining = [f for f in findings if not f.fixed]
     return EXIT_FAILED if remaining else EXIT_OK
 

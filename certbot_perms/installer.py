@@ -31,6 +31,7 @@ from certbot_perms.lineage import ChownRefused, apply_key_permissions, hold_prev
 from certbot_perms.records import renewal_options
 from daemon_keys.errors import KeysError
 from daemon_keys.keyspec import KeySpec, parse_spec
+from daemon_keys.text import escape
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
             try:
                 self._spec = parse_spec(*self._options(), option_prefix="--perms-")
             except KeysError as exc:
-                raise errors.PluginError(str(exc)) from None
+                raise errors.PluginError(escape(str(exc))) from None
         return self._spec
 
     def prepare(self) -> None:
@@ -92,20 +93,20 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
         try:
             spec = self.spec()
         except errors.PluginError as exc:
-            raise errors.PluginError(self._unusable(config_dir, name, str(exc), renewed)
+            raise errors.PluginError(escape(self._unusable(config_dir, name, str(exc), renewed))
                                      ) from None
         try:
             report = apply_key_permissions(config_dir, name, spec)
         except ChownRefused as exc:
             # Certbot run unprivileged: say what could not be done, keep renewing.
-            logger.warning("perms: %s", exc)
+            logger.warning("perms: %s", escape(str(exc)))
             return
         except KeysError as exc:
-            raise errors.PluginError(str(exc)) from None
+            raise errors.PluginError(escape(str(exc))) from None
         for line in report.changed:
-            logger.info("perms: %s", line)
+            logger.info("perms: %s", escape(line))
         for line in report.warnings:
-            logger.warning("perms: %s", line)
+            logger.warning("perms: %s", escape(line))
 
     @staticmethod
     def _unusable(config_dir: str, name: str, why: str, renewed: bool) -> str:
@@ -136,7 +137,7 @@ class PermsInstaller(common.Plugin, interfaces.Installer, interfaces.RenewDeploy
         try:
             recorded = renewal_options(config_dir, name)
         except KeysError as exc:
-            raise errors.PluginError(str(exc)) from None
+            raise errors.PluginError(escape(str(exc))) from None
         given = self.spec()
         if recorded is not None:
             try:

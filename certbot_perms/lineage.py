@@ -45,7 +45,7 @@ from daemon_keys.keyspec import (
     name_of_uid,
 )
 
-PRIVKEY_NAME = re.compile(r"^privkey[0-9]+\.pem$")
+PRIVKEY_NAME = re.compile(r"^privkey[0-9]+\.pem\Z")
 
 
 class ChownRefused(KeysError):

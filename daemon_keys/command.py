@@ -18,6 +18,7 @@ from daemon_keys.errors import (
     describe_os_error,
     describe_unexpected,
 )
+from daemon_keys.text import say
 
 if TYPE_CHECKING:
     import argparse
@@ -57,7 +58,7 @@ def run_reporting(prog: str, run: Callable[[], int], debug: bool) -> int:
     try:
         return run()
     except KeysError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        say(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         # Our reader went away ('... | head'): not a disk error, and nothing to say.
@@ -66,7 +67,7 @@ def run_reporting(prog: str, run: Callable[[], int], debug: bool) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     except OSError as exc:
-        print(f"{prog}: {describe_os_error(exc)}", file=sys.stderr)
+        say(f"{prog}: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; whatever was written is whole, and what it had not "
@@ -75,5 +76,5 @@ def run_reporting(prog: str, run: Callable[[], int], debug: bool) -> int:
     except Exception as exc:
         if debug:
             raise
-        print(f"{prog}: {describe_unexpected(exc)}", file=sys.stderr)
+        say(f"{prog}: {describe_unexpected(exc)}", file=sys.stderr)
         return EXIT_FAILED

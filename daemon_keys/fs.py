@@ -37,7 +37,7 @@ MAX_SYMLINKS = 40  # the kernel's own limit (ELOOP)
 
 TEMP_SUFFIX = ".tmp"
 TEMP_NAME_ATTEMPTS = 16
-TEMP_NAME = re.compile(r"^\.(.+)\.[0-9a-f]{16}\.tmp$")
+TEMP_NAME = re.compile(r"^\.(.+)\.[0-9a-f]{16}\.tmp\Z")
 
 
 def random_token() -> str:

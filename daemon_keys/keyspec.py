@@ -33,7 +33,7 @@ KEY_MODE_GROUP_READ = 0o640
 FORBIDDEN_KEY_BITS = (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP
                       | stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)
 
-_OCTAL_MODE = re.compile(r"^(?:0o|0)?([0-7]{3,4})$")
+_OCTAL_MODE = re.compile(r"^(?:0o|0)?([0-7]{3,4})\Z")
 
 
 class KeySpec(NamedTuple):
