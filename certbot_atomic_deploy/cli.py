@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from certbot_atomic_deploy import spool
+from certbot_atomic_deploy import runlog, spool
 from certbot_atomic_deploy.config import (
     FileOutput,
     HostTarget,
     Target,
     load,
     read_password,
+    state_dir_of,
     store_dir_of,
 )
 from certbot_atomic_deploy.deploy import Deployer
@@ -242,7 +244,37 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         config_dir = store_dir_of(args.config)  # what it is sent: no target may go there
     else:
         config_dir = _config_dir(args)
-    config = load(args.config or os.path.join(config_dir, CONFIG_NAME), config_dir)
+    config_path = args.config or os.path.join(config_dir, CONFIG_NAME)
+    if args.command not in WRITING:
+        return _run(args, config_dir, config_path)
+    # A run that writes state: its end is recorded even when it cannot read its config
+    # (the metrics file says so; a spool run started again by the path unit backs off).
+    state_dir = state_dir_of(config_path)
+    spool_run = args.command == "deploy" and args.spool is not None
+    if spool_run:
+        wait = runlog.backoff_seconds(runlog.read(state_dir), time.time())
+        if wait > 0:
+            say(f"{PROG}: WARNING: the last {runlog.read(state_dir).failures} spool run(s) "
+                f"failed or left the spool unemptied; waiting {wait:.0f} s before this one",
+                file=sys.stderr)
+            time.sleep(wait)
+    try:
+        code = _run(args, config_dir, config_path)
+    except KeysError:
+        runs = runlog.ended(state_dir, ok=False, known=False)
+        if runs.metrics_file:
+            runlog.mark_failed_metrics(runs.metrics_file, runs.ended_at)
+        raise
+    return code
+
+
+# The commands that write state (and the metrics file): the certbot hook (None) too.
+WRITING = (None, "deploy", "rollback", "reload-pending")
+
+
+def _run(args: argparse.Namespace | SimpleNamespace, config_dir: str, config_path: str
+         ) -> int:
+    config = load(config_path, config_dir)
     command = args.command
     deployer = Deployer(config, config_dir)
     if command == "receive":
@@ -305,15 +337,17 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     if dry_run:  # reads only: no lock, nothing created
         result = deployer.deploy(wanted, dry_run=True)
     else:
+        skipped: list[str] = []
         with deployer.state.lock(args.lock_timeout):
             if command is not None and args.spool is not None:
                 # Before the run: a marker dropped while it runs starts the next one.
-                taken = spool.take(args.spool)
+                taken, skipped = spool.take(args.spool)
                 if not as_json:
                     say(f"spool {args.spool}: took {len(taken)} marker(s)"
-                          f"{': ' + ', '.join(taken) if taken else ''}")
+                        f"{': ' + ', '.join(taken) if taken else ''}")
             result = deployer.deploy(wanted, reload=not args.defer_reloads)
-            _write_metrics(deployer, result)
+            result.warnings[:0] = skipped
+            _write_metrics(deployer, result, settled=not skipped)
     if command is not None and not result.outcomes and not as_json:
         say(f"nothing to deploy: no target in {config.path} takes "
               f"{', '.join(sorted(wanted or ()))}")
@@ -503,14 +537,19 @@ def _units(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
     return EXIT_OK
 
 
-def _write_metrics(deployer: Deployer, result: RunResult) -> None:
-    """Rewrite the metrics file (if the config names one) after a run, under its lock."""
+def _write_metrics(deployer: Deployer, result: RunResult, settled: bool = True) -> None:
+    """After a run, under its lock: record its end (:mod:`.runlog`) and rewrite the
+    metrics file (if the config names one) with it. ``settled``: False when a spool
+    run left something it could not take (the path unit would start it again)."""
     path = deployer.config.metrics_file
+    runs = runlog.ended(deployer.config.state_dir, ok=result.ok and settled,
+                        metrics_file=path)
     if path is None:
         return
     from certbot_atomic_deploy import metrics  # only then: off the hook's start-up path
     try:
-        metrics.write(path, metrics.render(deployer.status()))
+        metrics.write(path, metrics.render(deployer.status()) + "\n".join(
+            runlog.last_run_lines(runs.ended_at, result.ok)) + "\n")
     except (KeysError, OSError) as exc:
         why = str(exc) if isinstance(exc, KeysError) else describe_os_error(exc, path)
         result.errors.append(f"metrics_file {path}: not written: {why}")

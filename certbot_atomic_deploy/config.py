@@ -293,6 +293,11 @@ class Config(NamedTuple):
         return store_dir_of(self.path)
 
 
+def state_dir_of(path: str) -> str:
+    """The state directory of the config at ``path`` (known without reading it)."""
+    return _beside(os.path.realpath(path), ".state")
+
+
 def store_dir_of(path: str) -> str:
     return _beside(os.path.realpath(path), ".store")
 

@@ -43,25 +43,38 @@ def notify(spool: str, lineage: str) -> str:
     return os.path.join(spool, name)
 
 
-def take(spool: str) -> list[str]:
-    """Remove every entry of the spool (markers, and a crashed notify's temp file)
-    but directories; return their names, sorted. Nothing in it is read or followed."""
+def take(spool: str) -> tuple[list[str], list[str]]:
+    """Remove every marker of the spool (and a crashed notify's temp file); return their
+    names, sorted, and one line for each entry left alone.
+
+    Only what ``unlink`` removes is taken: files, and whatever else the spool's owner
+    put there that is not a directory (``unlink`` never follows a symlink). An empty
+    directory is removed too; one with entries is left alone with its line: it is not
+    a marker, and it never stops the run (the run deploys every target anyway).
+    Nothing in the spool is read or followed.
+    """
     try:
         dir_fd = open_dir(spool)
     except UnsafePathError as exc:
         raise UsageError(f"--spool {spool}: {exc}") from None
     try:
-        taken = []
+        taken, skipped = [], []
         for name in sorted(os.listdir(dir_fd)):
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                what = "a directory" if exc.errno in (errno.EISDIR, errno.EPERM) else reason(exc)
-                raise KeysError(f"--spool {spool}: cannot take {name}: {what} (remove it; "
-                                "only markers belong there)") from None
+                if exc.errno not in (errno.EISDIR, errno.EPERM):
+                    raise KeysError(f"--spool {spool}: cannot take {name}: {reason(exc)} "
+                                    "(fix the cause and run again)") from None
+                try:
+                    os.rmdir(name, dir_fd=dir_fd)
+                except OSError:
+                    skipped.append(f"--spool {spool}: {name}: a directory, not a marker; "
+                                   "left alone (remove it: only markers belong there)")
+                    continue
             taken.append(name)
-        return taken
+        return taken, skipped
     finally:
         os.close(dir_fd)

@@ -29,14 +29,16 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from daemon_keys.atomicfile import open_for_writing, write_file_atomic, write_new_file
-from daemon_keys.errors import KeysError, LockError, write_failed
-from daemon_keys.fs import READ_DIR, Leftovers, read_regular
+from daemon_keys.errors import KeysError, LockError, UnsafePathError, write_failed
+from daemon_keys.fs import READ_DIR, Leftovers, open_dir, read_regular
+from daemon_keys.trust import file_check
 
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
 STATE_FILE = "state.json"
 KEPT_DIR = "kept"
 MAX_KEPT_BYTES = 1 << 22
+MAX_STATE_BYTES = 1 << 28  # records only: a few hundred bytes a target
 LOCK_POLL = 0.1
 _KEPT_NAME = re.compile(r"^(.+)\.([0-9]+)\Z")
 
@@ -151,22 +153,41 @@ class StateDir:
         later call: a run never writes over a state it could not read."""
         if self._targets is None:
             try:
-                with open(self.file, encoding="utf-8") as f:
-                    raw = json.load(f)
-                self._targets = self._parse(raw)
-            except FileNotFoundError:
-                self._targets = {}
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                raise KeysError(f"{self.file}: unreadable state ({exc}); move it away and "
+                data = self._read()
+                self._targets = {} if data is None else self._parse(json.loads(data))
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+                raise KeysError(f"{self.file}: unreadable state ({why}); move it away and "
                                 "deploy again (status and rollback start afresh; pending "
                                 "reloads are lost: run them by hand)") from None
         return self._targets
 
+    def _read(self) -> bytes | None:
+        """``state.json`` through the checked directory, never following a link; None
+        when there is no state yet."""
+        try:
+            fd = open_dir(self.path, writer_uid=os.geteuid())
+        except UnsafePathError:
+            if not os.path.lexists(self.path):
+                return None
+            raise
+        try:
+            if not _exists(fd, STATE_FILE):
+                return None
+            return read_regular(STATE_FILE, dir_fd=fd, limit=MAX_STATE_BYTES, where=self.file,
+                                error=KeysError,
+                                check=file_check(self.file, KeysError,
+                                                 stakes="it decides what is rolled back"))[1]
+        finally:
+            os.close(fd)
+
     def _parse(self, raw: object) -> dict[str, TargetState]:
         targets = {}
         copies = {}
-        for name, t in _mapping(_mapping(raw, "the file").get("targets", {}),
-                                "targets").items():
+        top = _mapping(raw, "the file")
+        if "targets" not in top:  # not ours, or cut short: never written over as empty
+            raise ValueError("no 'targets' in it")
+        for name, t in _mapping(top["targets"], "targets").items():
             t = _mapping(t, f"target {name}")
             pending = _mapping(t.get("pending") or {}, f"{name} pending")
             what = pending.get("what")
@@ -312,6 +333,14 @@ class StateDir:
             yield
         finally:
             os.close(lock_fd)  # closing releases the flock
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _legacy_bytes(text: str) -> bytes:
