@@ -50,6 +50,7 @@ from certbot_atomic_deploy.pem import (
 )
 from certbot_atomic_deploy.presets import PRESETS, preset_mode_error
 from certbot_atomic_deploy.probe import Probe, parse_probe
+from certbot_atomic_deploy.publish import DEFAULT_KEEP_SECONDS
 from daemon_keys.errors import ConfigError, SpecError, UnsafePathError, ValidationError
 from daemon_keys.fs import open_dir, read_regular
 from daemon_keys.keyspec import KeySpec, parse_spec, resolve_user
@@ -143,6 +144,7 @@ SPEC: dict[str, Callable[[object], object]] = {
     "reload": _words,
     "check": _words,
     "keep": _keep,
+    "keep_seconds": _count(0, 10 * 365 * 86400),
     "timeout": _timeout,
     "metrics_file": _text("one path"),
     "issuers": _text("one path"),
@@ -223,6 +225,7 @@ class Target(NamedTuple):
     check: tuple[str, ...]
     keep: int
     preset: str | None = None
+    keep_seconds: int = DEFAULT_KEEP_SECONDS  # a versioned directory: see publish
     timeout: float = DEFAULT_TIMEOUT  # of each check and reload command
     reader: str | None = None  # the daemon's user: must open the key before any reload
     probe: Probe | None = None  # after the reload: the daemon must serve what was published
@@ -470,7 +473,7 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
     if fmt != KEYSTORE_FORMAT and section.get("password_file") is not None:
         raise ConfigError(f"{file}: [{name}] password_file: only a format = pkcs12 target "
                           "takes one")
-    keep = get("keep")
+    keep, keep_seconds = get("keep"), get("keep_seconds")
     output: FileOutput | DirectoryOutput
     if path is not None:
         output = FileOutput(
@@ -487,6 +490,8 @@ def _target(name: str, section: dict[str, object], defaults: dict[str, object],
         reload=get_list("reload"),
         check=get_list("check"),
         keep=DEFAULT_KEEP if keep is None else int(str(keep)),
+        keep_seconds=(DEFAULT_KEEP_SECONDS if keep_seconds is None
+                      else int(str(keep_seconds))),
         timeout=DEFAULT_TIMEOUT if get("timeout") is None else float(str(get("timeout"))),
         reader=None if reader is None else str(reader),
         probe=_probe_of(section),

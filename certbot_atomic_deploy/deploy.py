@@ -690,7 +690,8 @@ class Deployer:
         if isinstance(output, FileOutput):
             return publish_file(output.path, next(iter(files.values())), self.leftovers)
         return publish_directory(output.directory, files, owner_uid=target.key.uid,
-                                 keep=target.keep, leftovers=self.leftovers)
+                                 keep=target.keep, keep_seconds=target.keep_seconds,
+                                 leftovers=self.leftovers)
 
     def _record_if_stale(self, target: Target, lineage: str, material: Material,
                          payload: Payload) -> None:

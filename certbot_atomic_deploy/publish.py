@@ -16,8 +16,17 @@ Versioned directory ``DIR`` (``DIR/current -> vN``):
 4. chmod the version directory 0755 (each key file keeps its own mode), fsync
    it, rename it to ``vN``, fsync ``DIR``;
 5. make a symlink ``.current.<random>.tmp -> vN`` and rename it over
-   ``current``: one atomic switch of the whole set; fsync ``DIR``;
-6. remove versions beyond ``keep`` older ones (never the current one).
+   ``current``: one atomic switch of the whole set; fsync ``DIR``; set the
+   mtime of the version switched away from to now (before and after the
+   switch): from then on it says when that version stopped being current;
+6. remove versions beyond ``keep`` older ones (never the current one), and
+   only those that stopped being current at least ``keep_seconds`` ago.
+
+A reader's time guarantee: a reader that resolved ``current`` (or opened it) may
+go on reading that version's files for ``keep_seconds`` (default one day) after
+the switch away from it, however many publishes come meanwhile and however
+long the scheduler keeps the reader waiting; ``keep`` alone is a count and
+would hold only while publishes are rarer than readers are slow.
 
 Readers that need a consistent key and certificate must open
 ``DIR/current/`` once and read relative to that descriptor, or read
@@ -34,6 +43,7 @@ import errno
 import os
 import re
 import stat
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -52,6 +62,7 @@ VERSION_DIR_MODE = 0o755
 TARGET_DIR_MODE = 0o755
 MAX_FILE_BYTES = 1 << 22  # what we compare with or keep for an undo: keys, chains, keystores
 _VERSION = re.compile(r"^v([0-9]+)\Z")
+DEFAULT_KEEP_SECONDS = 86400  # how long a version outlives its switch, at least
 
 
 class NewFile(NamedTuple):
@@ -250,11 +261,13 @@ def switch_current(dir_fd: int, version: str | None, where: str) -> None:
 
 
 def publish_directory(directory: str, files: dict[str, NewFile], *, owner_uid: int,
-                      keep: int, leftovers: Leftovers) -> Undo:
+                      keep: int, leftovers: Leftovers,
+                      keep_seconds: float = DEFAULT_KEEP_SECONDS) -> Undo:
     """Fill a new version directory and switch ``current`` to it; return the undo.
 
     ``owner_uid`` may own ``directory`` (see :func:`open_for_writing`); ``keep``
-    older versions are kept for rollback.
+    older versions are kept for rollback, and every older version for at least
+    ``keep_seconds`` after it stopped being current (for its readers).
     """
     where = directory
     dir_fd = open_for_writing(where, owner_uid=owner_uid, create_mode=TARGET_DIR_MODE)
@@ -302,7 +315,9 @@ def publish_directory(directory: str, files: dict[str, NewFile], *, owner_uid: i
             raise write_failed(f"{where}/{final}", "renaming the version directory",
                                exc) from None
         try:
-            switch_current(dir_fd, final, where)  # (5)
+            _retire(dir_fd, previous)  # (5)
+            switch_current(dir_fd, final, where)
+            _retire(dir_fd, previous)
         except (WriteError, UnsafePathError):
             # Only a version nobody points at may go: if the rename went through
             # and the directory fsync failed, readers already see ``final``.
@@ -310,7 +325,7 @@ def publish_directory(directory: str, files: dict[str, NewFile], *, owner_uid: i
                 with contextlib.suppress(OSError):
                     _remove_tree(dir_fd, final)
             raise
-        prune(dir_fd, keep)  # (6)
+        prune(dir_fd, keep, keep_seconds)  # (6)
     finally:
         os.close(dir_fd)
 
@@ -344,15 +359,34 @@ def check_replaceable_link(dir_fd: int, where: str) -> None:
                               "directory here; refusing to replace it (remove it if it is yours)")
 
 
-def prune(dir_fd: int, keep: int) -> list[str]:
-    """Remove versions older than the ``keep`` before the current one."""
+def _retire(dir_fd: int, version: str | None) -> None:
+    """Stamp ``version``'s mtime with now: when it stopped being current (step 5)."""
+    if version is None:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(version, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _retired_long_enough(dir_fd: int, version: str, keep_seconds: float, now: float) -> bool:
+    try:
+        st = os.stat(version, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return now - st.st_mtime >= keep_seconds
+
+
+def prune(dir_fd: int, keep: int, keep_seconds: float = DEFAULT_KEEP_SECONDS) -> list[str]:
+    """Remove versions older than the ``keep`` before the current one that stopped being
+    current at least ``keep_seconds`` ago (their mtime, stamped at the switch)."""
     current = current_version_dir(dir_fd)
     present = versions(dir_fd)
     if current is None:
         return []
     newest_kept = int(current[1:])
     older = [n for n in present if n < newest_kept]
-    doomed = older[:max(0, len(older) - keep)]
+    now = time.time()
+    doomed = [n for n in older[:max(0, len(older) - keep)]
+              if _retired_long_enough(dir_fd, f"v{n}", keep_seconds, now)]
     for number in doomed:
         _remove_tree(dir_fd, f"v{number}")
     if doomed:
@@ -372,7 +406,9 @@ def rollback_directory(directory: str, owner_uid: int) -> str:
         if not older:
             raise WriteError(f"{where}: no version older than {current} is kept "
                              "(raise keep to roll back further)")
+        _retire(dir_fd, current)
         switch_current(dir_fd, f"v{older[-1]}", where)
+        _retire(dir_fd, current)
         return f"v{older[-1]}"
     finally:
         os.close(dir_fd)

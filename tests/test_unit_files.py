@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -314,3 +315,41 @@ def test_a_search_grant_lets_one_group_through_and_revoke_takes_it_back(tmp_path
         assert acl.AclEntry(acl.GROUP, MY_GROUP + 1, acl.SEARCH) not in (acl.read_acl(fd) or [])
     finally:
         os.close(fd)
+
+
+# -- a reader of current keeps its version for a time, not only a count (issue 23)
+
+def _publish_versions(root: Path, count: int, keep_seconds: float) -> None:
+    from certbot_atomic_deploy.publish import NewFile, publish_directory
+    for i in range(count):
+        publish_directory(str(root), {"privkey.pem": NewFile(f"KEY{i}".encode(), ME, MY_GROUP,
+                                                             0o600)},
+                          owner_uid=ME, keep=0, keep_seconds=keep_seconds,
+                          leftovers=Leftovers())
+
+
+def test_a_version_outlives_its_switch_by_keep_seconds_however_many_publishes(
+        tmp_path: Path) -> None:
+    tls = tmp_path / "tls"
+    _publish_versions(tls, 5, keep_seconds=3600)
+    # keep = 0 would have left only v5: every older one stopped being current just now.
+    assert sorted(p.name for p in tls.glob("v*")) == ["v1", "v2", "v3", "v4", "v5"]
+    # v1 and v2 stopped being current over an hour ago (their mtime says when):
+    old = time.time() - 3601
+    for name in ("v1", "v2"):
+        os.utime(tls / name, (old, old))
+    _publish_versions(tls, 1, keep_seconds=3600)
+    assert sorted(p.name for p in tls.glob("v*")) == ["v3", "v4", "v5", "v6"]
+
+
+def test_the_switch_stamps_when_a_version_stopped_being_current(tmp_path: Path) -> None:
+    from certbot_atomic_deploy.publish import rollback_directory
+    tls = tmp_path / "tls"
+    _publish_versions(tls, 2, keep_seconds=3600)
+    long_ago = time.time() - 10 * 86400
+    for name in ("v1", "v2"):
+        os.utime(tls / name, (long_ago, long_ago))
+    before = time.time()
+    assert rollback_directory(str(tls), ME) == "v1"  # v2 stops being current now
+    assert (tls / "v2").stat().st_mtime >= before - 1
+    assert (tls / "v1").stat().st_mtime == pytest.approx(long_ago)  # current: untouched
