@@ -274,7 +274,13 @@ WRITING = (None, "deploy", "rollback", "reload-pending")
 
 def _run(args: argparse.Namespace | SimpleNamespace, config_dir: str, config_path: str
          ) -> int:
-    config = load(config_path, config_dir)
+    try:
+        config = load(config_path, config_dir)
+    except KeysError as exc:
+        if args.command == "receive":  # the sender reads one JSON line whatever happens
+            from certbot_atomic_deploy.receive import answer
+            print(answer(False, error=str(exc)), flush=True)
+        raise
     command = args.command
     deployer = Deployer(config, config_dir)
     if command == "receive":
@@ -386,11 +392,22 @@ def _receive_one(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
                          f"{request.lineage}; refused")
     where = f"{request.lineage} v{request.version}"
     if request.action == "stage":
-        from certbot_atomic_deploy.validate import require_covered, validate
+        from certbot_atomic_deploy.validate import leaf_info, require_covered, validate
         material = receive.material_of(request)
         info = validate(material, None, config.issuers)
         for target in takers:
             require_covered(info, target.domains, material.sources["cert"])
+        live_pem = receive.live_leaf(store, request.lineage)
+        if live_pem is not None and not request.rollback:
+            held = leaf_info(live_pem, f"{store}/live/{request.lineage}/cert.pem")
+            if (info.not_before, int(info.serial, 16)) < (held.not_before,
+                                                          int(held.serial, 16)):
+                raise UsageError(
+                    f"receive: {where}: its certificate (serial {info.serial}, issued "
+                    f"{info.not_before:%Y-%m-%d %H:%M}) is older than the live one (serial "
+                    f"{held.serial}, issued {held.not_before:%Y-%m-%d %H:%M}); a downgrade "
+                    "is refused (to go back, roll back on this host: certbot-atomic-deploy "
+                    f"--config {config.path} rollback TARGET)")
         with deployer.state.lock(args.lock_timeout):
             live = receive.stage(store, material)
         print(receive.answer(True, action="stage", lineage=request.lineage,

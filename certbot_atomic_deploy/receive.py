@@ -51,6 +51,7 @@ class Request(NamedTuple):
     lineage: str
     version: int
     pems: dict[str, bytes]  # stage only: privkey, cert, chain
+    rollback: bool = False  # stage only: an older certificate than the live one is meant
 
 
 def read_request(stream: BinaryIO, follows: Request | None = None) -> Request | None:
@@ -74,8 +75,9 @@ def read_request(stream: BinaryIO, follows: Request | None = None) -> Request | 
 def parse_request(data: bytes) -> Request:
     try:
         value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"receive: not one JSON request ({exc}): truncated or not ours; "
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise UsageError(f"receive: not one JSON request ({why}): truncated or not ours; "
                          "refused") from None
     if not isinstance(value, dict) or value.get("protocol") != PROTOCOL:
         raise UsageError(f"receive: not a protocol {PROTOCOL} request; refused")
@@ -94,7 +96,10 @@ def parse_request(data: bytes) -> Request:
                 raise UsageError(f"receive: stage {lineage} v{version}: {kind} missing or not "
                                  "PEM text")
             pems[kind] = text.encode("ascii")
-    return Request(str(action), lineage, version, pems)
+    rollback = value.get("rollback", False)
+    if not isinstance(rollback, bool):
+        raise UsageError(f"receive: rollback {rollback!r} is not true or false")
+    return Request(str(action), lineage, version, pems, rollback)
 
 
 def material_of(request: Request) -> Material:
@@ -148,6 +153,24 @@ def stage(store: str, material: Material) -> bool:
     finally:
         os.close(archive_fd)
     return False
+
+
+def live_leaf(store: str, name: str) -> bytes | None:
+    """The live certificate of ``name`` in the store (PEM), or None when none is live."""
+    version = _live_version(store, name)
+    if version is None:
+        return None
+    try:
+        fd = open_dir(os.path.join(store, "archive", name))
+    except KeysError:
+        return None
+    try:
+        return read_regular(f"cert{version}.pem", dir_fd=fd, limit=MAX_REQUEST_BYTES,
+                            where=f"cert{version}.pem")[1]
+    except KeysError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _holds(dir_fd: int, name: str, data: bytes) -> bool:

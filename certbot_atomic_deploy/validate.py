@@ -10,6 +10,8 @@ Checks, each failing with one line that names the file:
   newer), else :func:`check_signature`, the same check built from the calls
   that cryptography 3.4 already has (Ubuntu 22.04 ships 3.4.8, RHEL 9 36.0.1,
   Debian 12 38.0.4);
+- the leaf is a server's certificate: not a CA (basicConstraints CA:TRUE), and
+  naming its hosts in a subjectAltName (what every ACME CA issues);
 - the leaf is valid now (not before its notBefore, not after its notAfter);
 - every domain glob a target asks for is covered by a name of the leaf.
 """
@@ -109,6 +111,7 @@ def validate(material: Material, now: datetime.datetime | None = None,
                 f"{'' if str(exc) else i + 2}") from None
     if issuers is not None:
         _require_pinned(chain[-1], issuers, src["fullchain"])
+    _require_server_leaf(leaf, src["cert"])
     info = _info(leaf)
     moment = now or datetime.datetime.now(datetime.timezone.utc)
     if moment < info.not_before:
@@ -118,6 +121,22 @@ def validate(material: Material, now: datetime.datetime | None = None,
         raise ValidationError(f"{src['cert']}: expired {info.not_after:%Y-%m-%d %H:%M} UTC "
                               "(renew it: certbot renew --cert-name " + material.lineage + ")")
     return info
+
+
+def _require_server_leaf(leaf: x509.Certificate, where: str) -> None:
+    try:
+        constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        raise ValidationError(f"{where}: a CA certificate (basicConstraints CA:TRUE), not a "
+                              "server's; refusing to publish it as one")
+    try:
+        leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        raise ValidationError(f"{where}: no subjectAltName, so no client can match it to "
+                              "a host name; refusing to publish it (every ACME CA issues "
+                              "one)") from None
 
 
 def _require_pinned(top: x509.Certificate, issuers: tuple[bytes, ...], where: str) -> None:
