@@ -290,6 +290,10 @@ def _run(args: argparse.Namespace | SimpleNamespace, config_dir: str, config_pat
         for t in config.targets:  # say now what a deploy would refuse
             if isinstance(t.output, FileOutput) and t.output.password_file:
                 read_password(t.name, t.output.password_file)
+        for each in config.everyone:  # and each TSIG key (a deploy reads it at the gate)
+            if each.dane is not None and each.dane.update is not None:
+                from certbot_atomic_deploy.dane import read_tsig
+                read_tsig(each.dane.update.key_file)
         for each in config.everyone:
             try:
                 chosen[each.name] = deployer.choose(each)

@@ -47,18 +47,22 @@ def run_command(command: str, env: dict[str, str], timeout: float,
     The run ends when the shell exits (a daemon it started may keep our pipes
     open: we do not wait for them). Of its output only the first
     :data:`OUTPUT_KEPT` bytes of each stream are kept, however much it prints.
-    Past ``timeout`` (or if we are interrupted) its whole process group is
-    killed, not just the shell: nothing it started outlives the run that waits
-    for it under the lock.
+    Past ``timeout`` (or if we are interrupted) every process it started is
+    killed, not just the shell's group: also one that left it with ``setsid``,
+    and (this process being a child subreaper) one orphaned on the way, found by
+    parentage in /proc (:func:`_started_by`). Nothing it started outlives the run
+    that waits for it under the lock. A command that exits by itself keeps what
+    it started (a reload may start a daemon).
     """
     import selectors
-    import signal
     import subprocess  # only runs that changed something get here: keep it off start-up
     import time
 
+    _become_subreaper()
     proc = subprocess.Popen(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
+    started = _start_time(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     kept: dict[int, bytearray] = {proc.stderr.fileno(): bytearray(),
                                   proc.stdout.fileno(): bytearray()}
@@ -100,8 +104,7 @@ def run_command(command: str, env: dict[str, str], timeout: float,
                 timed_out = True
     finally:
         if proc.poll() is None:  # timed out, or we were interrupted: stop all it started
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _kill_all(proc.pid, started)
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
@@ -113,6 +116,80 @@ def run_command(command: str, env: dict[str, str], timeout: float,
         return CommandRun(command, True, "ok", kind)
     return CommandRun(command, False, _first_error(code, *(bytes(b) for b in kept.values())),
                       kind)
+
+
+_SUBREAPER: list[bool] = []  # set once per process
+
+
+def _become_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): a process orphaned below us is reparented to us,
+    not to init, so a command's double-forked child can still be found and killed."""
+    if _SUBREAPER:
+        return
+    _SUBREAPER.append(True)
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of ``pid`` from /proc, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()  # the name may hold spaces and ')'
+    return int(fields[1]), int(fields[19])
+
+
+def _start_time(pid: int) -> int:
+    found = _stat(pid)
+    return found[1] if found else 0
+
+
+def _started_by(root: int, since: int) -> set[int]:
+    """Every live process below ``root`` (by parentage, whatever its session), and every
+    process adopted by us (the subreaper) that started since ``since``."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            found = _stat(int(entry))
+            if found is not None:
+                table[int(entry)] = found
+    me = os.getpid()
+    below = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, start) in table.items():
+            if pid not in below and (ppid in below or (ppid == me and start >= since)):
+                below.add(pid)
+                grew = True
+    return below - {root}
+
+
+def _kill_all(root: int, since: int) -> None:
+    """SIGKILL the group of ``root`` and everything it started; again while new ones
+    appear (a fork in flight). Adopted ones are reaped here (subprocess does not)."""
+    import signal
+
+    me = os.getpid()
+    for _ in range(20):
+        others = _started_by(root, since)
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(root, signal.SIGKILL)
+        for pid in others:
+            found = _stat(pid)
+            if found is not None and found[0] == me:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        if not others:
+            return
 
 
 _ERROR_WORDS = ("error", "fatal", "fail", "invalid", "cannot", "can't", "unable", "denied",

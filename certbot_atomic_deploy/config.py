@@ -532,9 +532,8 @@ def _dane_of(name: str, section: dict[str, object], defaults: dict[str, object],
         if outside:
             raise ConfigError(f"{file}: [{name}] tlsa_zone: {', '.join(outside)} is not in "
                               f"zone {zone_name}")
-        from certbot_atomic_deploy.dane import read_tsig
-
-        read_tsig(_absolute(str(key_file), where))  # refused now, not mid-rollover
+        # The key file itself is read where it is used (the gate, before it asks DNS;
+        # check-config): a bad one holds its own target, not every target of the run.
         update = Update(_absolute(str(key_file), where), primary, zone_name)
     elif get("tlsa_update_server") is not None or get("tlsa_zone") is not None:
         raise ConfigError(f"{file}: [{name}] tlsa_update: missing; tlsa_update_server and "

@@ -232,14 +232,27 @@ def lookup(dane: Dane, name: str) -> Answer:
 
 
 def _answer(reply: dns.message.Message, name: str, validated: bool) -> Answer:
+    import dns.name
     import dns.rdatatype
 
     from certbot_atomic_deploy.tlsa import Tlsa
 
     records: list[Tlsa] = []
     ttl = None
+    # Only RRsets at the name asked, or where its CNAME chain leads (RFC 7671 allows
+    # that), count: an answer may carry other owners' records, which vouch for nothing.
+    owners = {dns.name.from_text(name)}
+    grew = True
+    while grew:
+        grew = False
+        for rrset in reply.answer:
+            if rrset.rdtype == dns.rdatatype.CNAME and rrset.name in owners:
+                target = rrset[0].target
+                if target not in owners:
+                    owners.add(target)
+                    grew = True
     for rrset in reply.answer:
-        if rrset.rdtype == dns.rdatatype.TLSA:  # at the name, or where its CNAMEs lead
+        if rrset.rdtype == dns.rdatatype.TLSA and rrset.name in owners:
             ttl = rrset.ttl
             records += [Tlsa(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in rrset]
     if ttl is None:  # no RRset: resolvers cache that for the SOA's negative TTL
@@ -359,6 +372,8 @@ def gate(spec: Dane, version: int, chain: Sequence[bytes], kept: DaneState | Non
     serves now, or None. Asks DNS (and, with ``spec.update``, adds the new key's
     record at the zone's primary unless ``dry_run``); never sleeps.
     """
+    if spec.update is not None:
+        read_tsig(spec.update.key_file)  # a bad key file: this target fails, nothing asked
     kept = kept or DaneState()
     ours = kept.held == version
     since = kept.since if ours and kept.since else _iso(now)

@@ -14,7 +14,9 @@ from daemon_keys import __version__
 from daemon_keys.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     KeysError,
+    Terminated,
     describe_os_error,
     describe_unexpected,
 )
@@ -55,6 +57,12 @@ def run_reporting(prog: str, run: Callable[[], int], debug: bool) -> int:
     else (a bug, or an environment nobody foresaw) is one line and 1, or its
     traceback with ``--debug``.
     """
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         return run()
     except KeysError as exc:
@@ -69,10 +77,11 @@ def run_reporting(prog: str, run: Callable[[], int], debug: bool) -> int:
     except OSError as exc:
         say(f"{prog}: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; whatever was written is whole, and what it had not "
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{prog}: {what}; whatever was written is whole, and what it had not "
               "finished is left pending for the next run", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except Exception as exc:
         if debug:
             raise

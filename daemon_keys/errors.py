@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM (systemctl stop, a timeout, kill)
 # The table above, for both commands' man pages.
 EXIT_STATUS = """0: done (check: nothing found).
 
@@ -31,7 +32,14 @@ A command that stops on it has changed nothing; a deploy run whose error
 concerns one target still publishes the others.
 
 130: interrupted (Ctrl-C); what was written is whole, and what was not finished
-(a check, a reload) is pending for the next run (certbot-atomic-deploy)."""
+(a check, a reload) is pending for the next run (certbot-atomic-deploy).
+
+143: terminated (SIGTERM: systemctl stop, a unit's timeout, kill); the same as 130."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that it unwinds like Ctrl-C: the running
+    command's processes are killed, what was not finished stays pending, one line."""
 
 
 class KeysError(Exception):

@@ -223,16 +223,20 @@ def test_rfc2136_rollover_adds_waits_switches_and_retires(site: Path, open_tmp: 
     (0o644, 0, "mode 0644 lets others read it"),
     (0o600, 65534, "owned by uid 65534, not root"),
 ])
-def test_a_tsig_key_others_can_read_or_own_is_refused(
+def test_a_tsig_key_others_can_read_or_own_is_refused_for_its_own_target_only(
         site: Path, open_tmp: Path, mode: int, owner: int, message: str) -> None:
     key = write_tsig_key(open_tmp / "tsig.key", "c2VjcmV0", mode=mode)
     os.chown(key, owner, owner)
-    dane_conf(site, "127.0.0.1:53", f"tlsa_update = {key}\ntlsa_update_server = "
-                                    f"127.0.0.1:53\ntlsa_zone = {ZONE}")
+    conf = dane_conf(site, "127.0.0.1:53", f"tlsa_update = {key}\ntlsa_update_server = "
+                                           f"127.0.0.1:53\ntlsa_zone = {ZONE}")
+    conf.write_text(conf.read_text() + f"[plain]\nlineage = mail\npath = {site}/out/plain.pem"
+                                       "\nformat = postfix\n")
     result = run(site, "deploy", "--all")
     assert result.returncode == 2
-    assert message in one_line(result)
+    line = one_line(result)
+    assert line.startswith("certbot-atomic-deploy: [postfix]") and message in line, line
     assert not (site / "out/mail.pem").exists()
+    assert (site / "out/plain.pem").exists()  # the other target is not held by it
 
 
 @pytest.mark.parametrize("rule, switched", [("switch", True), ("hold", False)])

@@ -246,27 +246,35 @@ reload = echo web >> {log}
     assert "rolled-back" in str(statuses["cert"]) and "rolled-back" in str(statuses["key"])
 
 
-def test_a_check_cut_short_by_ctrl_c_runs_again_and_rolls_back_if_it_fails(
-        site: Path) -> None:
-    log, pid_file = site / "reloads.log", site / "check.pid"
+@pytest.mark.parametrize("signum, code, said", [
+    (signal.SIGINT, 130, "interrupted"),  # Ctrl-C
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # systemctl stop, a unit's timeout
+])
+def test_a_check_cut_short_by_a_signal_runs_again_and_rolls_back_if_it_fails(
+        site: Path, signum: int, code: int, said: str) -> None:
+    log, pid_file, escaped = site / "reloads.log", site / "check.pid", site / "escaped.pid"
     basic_conf(site, f"reload = echo run >> {log}")
     assert deploy(site / "le", "deploy", "--all").returncode == 0
     old = (site / "out" / "mail.pem").read_bytes()
     new_version(site)
-    basic_conf(site, f"check = echo $$ > {pid_file}; exec sleep 60\nreload = echo run >> {log}")
+    # The check also starts a process in a session of its own (setsid), out of its group.
+    basic_conf(site, f"check = setsid sleep 1000 & echo $! > {escaped}; echo $$ > {pid_file}; "
+                     f"exec sleep 60\nreload = echo run >> {log}")
     proc = subprocess.Popen([DEPLOY, "--config-dir", str(site / "le"), "deploy", "--all"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 30,
-                   "the check started")
-        check_pid = int(pid_file.read_text())
-        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: all(f.exists() and f.read_text().strip() != ""
+                               for f in (pid_file, escaped)), 30, "the check started")
+        check_pid, escaped_pid = int(pid_file.read_text()), int(escaped.read_text())
+        assert os.getsid(escaped_pid) != os.getsid(check_pid)  # it did leave the session
+        proc.send_signal(signum)
         _out, err = proc.communicate(timeout=30)
     finally:
         stop_process(proc)
-    assert proc.returncode == 130 and err.strip().count("\n") == 0, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == code and err.strip().count("\n") == 0, err
+    assert said in err and "Traceback" not in err
     assert not Path(f"/proc/{check_pid}").exists()  # the check went with it
+    assert not Path(f"/proc/{escaped_pid}").exists()  # and so did what it set loose
     assert (site / "out" / "mail.pem").read_bytes() != old  # v2, unchecked
     assert _status(site)["pending"] == "check"
     # The next run (now with a check that fails) runs the check, and rolls v2 back.
@@ -322,15 +330,20 @@ def test_a_check_cut_short_runs_again_and_then_the_reload(site: Path) -> None:
 
 
 def test_a_hanging_check_is_killed_with_everything_it_started(site: Path) -> None:
-    pid_file = site / "grandchild.pid"
-    basic_conf(site, f"timeout = 1\ncheck = sleep 60 & echo $! > {pid_file}; wait")
+    # In its group; in a session of its own (setsid); orphaned by a subshell that exits
+    # (double fork), which only a child subreaper gets back.
+    files = [site / f"grandchild{i}.pid" for i in range(3)]
+    basic_conf(site, f"timeout = 1\ncheck = sleep 60 & echo $! > {files[0]}; setsid sleep 60 "
+                     f"& echo $! > {files[1]}; (setsid sleep 60 & echo $! > {files[2]}); wait")
     started = time.monotonic()
     result = deploy(site / "le", "deploy", "--all")
     took = time.monotonic() - started
     assert result.returncode == 1 and "timed out after 1 s" in one_line(result)
     assert took < 30
-    grandchild = int(pid_file.read_text())
-    wait_until(lambda: not Path(f"/proc/{grandchild}").exists(), 5, "the grandchild went")
+    for pid_file in files:
+        grandchild = int(pid_file.read_text())
+        wait_until(lambda g=grandchild: not Path(f"/proc/{g}").exists(), 5,
+                   f"grandchild {pid_file.name} went")
     assert not (site / "out" / "mail.pem").exists()  # rolled back: there was none before
     # The lock was let go with the run: the next one does not wait for it.
     assert deploy(site / "le", "--lock-timeout", "0", "status").returncode == 1

@@ -115,13 +115,18 @@ def test_a_tsig_key_is_read_in_binds_and_knots_format(own_site: Path, text: str)
     (0o600, "secret\n", "no TSIG key in it"),
     (0o600, BIND.replace("hmac-sha256", "hmac-md5"), "is not one of"),
 ])
-def test_a_tsig_key_others_can_read_or_not_a_key_is_refused_at_load(
-        own_site: Path, mode: int, text: str, message: str) -> None:
+def test_a_tsig_key_others_can_read_or_not_a_key_is_refused_by_check_config(
+        own_site: Path, mode: int, text: str, message: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
     key = key_file(own_site / "tsig.key", text, mode)
     path = write(own_site, f"tlsa = {MX}\ntlsa_update = {key}\ntlsa_update_server = 127.0.0.1\n"
                        "tlsa_zone = example.org")
+    load(str(path), str(own_site / "le"))  # the config itself is fine: the key holds its target
     with pytest.raises(ConfigError, match=message):
-        load(str(path), str(own_site / "le"))
+        read_tsig(str(key))
+    code, _, err = run_main(capsys, cli.main, "--config-dir", str(own_site / "le"), "--config",
+                            str(path), "check-config")
+    assert code == 2 and len(err) == 1 and message in err[0], err
 
 
 def test_a_held_switch_and_a_retirement_survive_the_state_file(tmp_path: Path) -> None:
@@ -200,3 +205,30 @@ def test_without_dnspython_a_tlsa_target_is_held_with_a_line_saying_what_to_inst
                                "newer, which is not installed (apt install python3-dnspython")
     assert not (own_site / "out/mail.pem").exists()  # held: nothing served
     assert (own_site / "out/plain.pem").exists()  # the target without tlsa = is deployed
+
+
+def test_only_the_names_own_tlsa_rrset_and_its_cname_chain_count() -> None:
+    dns_message = pytest.importorskip("dns.message")
+    dns_rrset = pytest.importorskip("dns.rrset")
+    from certbot_atomic_deploy.dane import _answer
+
+    def reply(*lines: str) -> object:
+        query = dns_message.make_query(MX, "TLSA")
+        response = dns_message.make_response(query)
+        for line in lines:
+            owner, ttl, rdclass, rdtype, *data = line.split()
+            response.answer.append(dns_rrset.from_text(owner, int(ttl), rdclass, rdtype,
+                                                       " ".join(data)))
+        return response
+
+    digest = "aa" * 32
+    # Another owner's RRset riding along in the answer vouches for nothing.
+    stray = reply(f"_443._tcp.www.example.org. 60 IN TLSA 3 1 1 {digest}")
+    assert _answer(stray, MX, False).records == ()
+    # The name's own, and the one its CNAME leads to, count.
+    own = reply(f"{MX}. 60 IN TLSA 3 1 1 {digest}")
+    assert len(_answer(own, MX, False).records) == 1
+    chained = reply(f"{MX}. 60 IN CNAME _dane.example.org.",
+                    f"_dane.example.org. 60 IN TLSA 3 1 1 {digest}",
+                    f"_other.example.org. 60 IN TLSA 3 1 1 {'bb' * 32}")
+    assert [r.data.hex() for r in _answer(chained, MX, False).records] == [digest]
