@@ -340,6 +340,9 @@ def _run(args: argparse.Namespace | SimpleNamespace, config_dir: str, config_pat
             raise UsageError("deploy: say which: --lineage NAME (repeatable) or --all")
         wanted = None if args.all or args.spool is not None else set(args.lineage)
         for name in sorted(wanted or ()):
+            if not name or "/" in name or name.startswith("."):
+                raise UsageError(f"deploy --lineage '{name}': not a lineage name (the "
+                                 "name under live/, e.g. --lineage mail.example.org)")
             require_dir(os.path.join(config_dir, "live", name),
                         f"deploy --lineage {name}: no such lineage in {config_dir}/live "
                         "(see 'certbot certificates')")
@@ -539,8 +542,18 @@ def _tlsa_owner(deployer: Deployer, lineage: str) -> str:
 
 def _units(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
            config_dir: str) -> int:
+    import pwd
+
     from certbot_atomic_deploy.units import all_units, write_units
 
+    try:
+        if pwd.getpwnam(args.user).pw_uid == 0:
+            raise UsageError(f"units --user {args.user}: that is root; certbot's side must "
+                             "run as a user of its own (e.g. --user certbot)")
+    except KeyError:
+        raise UsageError(f"units --user {args.user}: no such user (create it first: useradd "
+                         f"--system --home-dir /var/lib/letsencrypt --shell /usr/sbin/nologin "
+                         f"{args.user})") from None
     program = os.path.abspath(sys.argv[0])
     if os.path.basename(program) != PROG:  # python -m certbot_atomic_deploy
         program = PROG

@@ -58,7 +58,7 @@ def run_command(command: str, env: dict[str, str], timeout: float,
     import subprocess  # only runs that changed something get here: keep it off start-up
     import time
 
-    _become_subreaper()
+    _subreaper(True)
     proc = subprocess.Popen(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -106,6 +106,8 @@ def run_command(command: str, env: dict[str, str], timeout: float,
         if proc.poll() is None:  # timed out, or we were interrupted: stop all it started
             _kill_all(proc.pid, started)
             proc.wait()
+        _subreaper(False)  # adopt only what is orphaned while a command of ours runs
+        _reap_adopted(started)
         proc.stdout.close()
         proc.stderr.close()
     if timed_out:
@@ -118,19 +120,30 @@ def run_command(command: str, env: dict[str, str], timeout: float,
                       kind)
 
 
-_SUBREAPER: list[bool] = []  # set once per process
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def _become_subreaper() -> None:
-    """prctl(PR_SET_CHILD_SUBREAPER): a process orphaned below us is reparented to us,
-    not to init, so a command's double-forked child can still be found and killed."""
-    if _SUBREAPER:
-        return
-    _SUBREAPER.append(True)
+def _subreaper(on: bool) -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER) while a command runs: a process orphaned below us is
+    reparented to us, not to init, so a command's double-forked child can still be found
+    and killed. Off again afterwards: a daemon a reload started stays ours only if it
+    was orphaned meanwhile (and goes to init when we exit)."""
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+def _reap_adopted(since: int) -> None:
+    """Wait for what we adopted from a command and has already exited (a zombie of ours
+    that subprocess knows nothing of)."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            found = _stat(int(entry))
+            if found is not None and found[0] == me and found[1] >= since:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(entry), os.WNOHANG)
 
 
 def _stat(pid: int) -> tuple[int, int] | None:

@@ -71,9 +71,19 @@ def _utc(cert: x509.Certificate, field: str) -> datetime.datetime:
 
 
 def covers(names: Iterable[str], pattern: str) -> bool:
-    """Whether a glob (``mail.example.org``, ``*.example.org``) matches one of the names."""
+    """Whether a glob (``mail.example.org``, ``*.example.org``) matches one of the names,
+    or a wildcard name of the certificate covers the host it names (RFC 6125: ``*.ex.org``
+    covers ``a.ex.org``, not ``a.b.ex.org`` nor ``ex.org``)."""
     pattern = pattern.lower()
-    return any(fnmatch.fnmatchcase(n.lower(), pattern) or n.lower() == pattern for n in names)
+    return any(fnmatch.fnmatchcase(n.lower(), pattern) or n.lower() == pattern
+               or _wildcard_covers(n.lower(), pattern) for n in names)
+
+
+def _wildcard_covers(name: str, host: str) -> bool:
+    if not name.startswith("*.") or any(c in host for c in "*?["):
+        return False
+    label, _, rest = host.partition(".")
+    return bool(label) and rest == name[2:]
 
 
 def validate(material: Material, now: datetime.datetime | None = None,

@@ -62,7 +62,7 @@ def run_reporting(prog: str, run: Callable[[], int], debug: bool) -> int:
     def terminate(signum: int, frame: object) -> None:
         raise Terminated
 
-    signal.signal(signal.SIGTERM, terminate)
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         return run()
     except KeysError as exc:
@@ -87,3 +87,5 @@ def run_reporting(prog: str, run: Callable[[], int], debug: bool) -> int:
             raise
         say(f"{prog}: {describe_unexpected(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)

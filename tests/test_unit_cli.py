@@ -370,3 +370,18 @@ def test_a_spec_record_that_is_not_a_file_is_one_line_saying_so(
     assert code == 2 and len(err) == 1
     assert err[0].endswith("certbot-perms/mail.conf: not a regular file (fix it, or rewrite "
                            "it with certbot-perms apply --key-group ...)")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["deploy", "--lineage", ""], "deploy --lineage '': not a lineage name"),
+    (["deploy", "--lineage", "../etc"], "deploy --lineage '../etc': not a lineage name"),
+    (["units", "--user", "no-such-user-cdk"], "units --user no-such-user-cdk: no such user"),
+])
+def test_a_command_that_would_do_nothing_says_why_and_exits_2(
+        own_site: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+        message: str) -> None:
+    conf(own_site, f"[mail]\nlineage = mail\npath = {own_site}/out/mail.pem\nformat = postfix\n")
+    before = snapshot(own_site)
+    code, _out, err = run(capsys, deploy_cli.main, "--config-dir", str(own_site / "le"), *argv)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert snapshot(own_site) == before

@@ -8,6 +8,7 @@ a CA uses, whatever the installed release, so each row tests both paths.
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,6 +121,12 @@ def test_an_encrypted_key_is_refused_with_how_to_decrypt_it() -> None:
     (["*.example.org"], "*.example.org", True),
     (["mail.example.org"], "smtp.example.org", False),
     (["mail.example.org"], "*.example.com", False),
+    # a wildcard certificate covers the hosts one label below it (RFC 6125)
+    (["*.example.org"], "mail.example.org", True),
+    (["*.example.org"], "MAIL.Example.org", True),
+    (["*.example.org"], "a.b.example.org", False),
+    (["*.example.org"], "example.org", False),
+    (["*.example.org"], ".example.org", False),
 ])
 def test_domain_globs(names: list[str], pattern: str, expected: bool) -> None:
     assert covers(names, pattern) is expected
@@ -162,3 +169,18 @@ def test_a_forged_issuer_is_refused_with_a_reason_not_an_empty_one() -> None:
     line = str(err.value)
     assert "is not issued by certificate 2" in line and not line.endswith(": ")
     assert "its signature does not verify with the key of certificate 2" in line
+
+
+@pytest.mark.parametrize("ca, names, message", [
+    (True, ["mail.example.org"], "a CA certificate (basicConstraints CA:TRUE)"),
+    (False, [], "no subjectAltName"),
+])
+def test_a_leaf_that_is_no_servers_certificate_is_refused(ca: bool, names: list[str],
+                                                          message: str) -> None:
+    from tests.support.pki import issue
+    root_key, leaf_key = new_key(), new_key()
+    root = issue("test root", "test root", root_key.public_key(), root_key, ca=True)
+    leaf = issue("mail.example.org", "test root", leaf_key.public_key(), root_key, ca=ca,
+                 names=names)
+    with pytest.raises(ValidationError, match=f"cert1.pem: {re.escape(message)}"):
+        validate(material(leaf_key, [leaf, root]))
