@@ -261,7 +261,7 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     try:
         code = _run(args, config_dir, config_path)
     except KeysError:
-        runs = runlog.ended(state_dir, ok=False, known=False)
+        runs = runlog.ended(state_dir, settled=False if spool_run else None, known=False)
         if runs.metrics_file:
             runlog.mark_failed_metrics(runs.metrics_file, runs.ended_at)
         raise
@@ -360,7 +360,8 @@ def _run(args: argparse.Namespace | SimpleNamespace, config_dir: str, config_pat
                         f"{': ' + ', '.join(taken) if taken else ''}")
             result = deployer.deploy(wanted, reload=not args.defer_reloads)
             result.warnings[:0] = skipped
-            _write_metrics(deployer, result, settled=not skipped)
+            _write_metrics(deployer, result,
+                           settled=not skipped if args.spool is not None else None)
     if command is not None and not result.outcomes and not as_json:
         say(f"nothing to deploy: no target in {config.path} takes "
               f"{', '.join(sorted(wanted or ()))}")
@@ -407,8 +408,8 @@ def _receive_one(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
         live_pem = receive.live_leaf(store, request.lineage)
         if live_pem is not None and not request.rollback:
             held = leaf_info(live_pem, f"{store}/live/{request.lineage}/cert.pem")
-            if (info.not_before, int(info.serial, 16)) < (held.not_before,
-                                                          int(held.serial, 16)):
+            # Serials are random (an ACME CA's are): only notBefore orders certificates.
+            if info.not_before < held.not_before:
                 raise UsageError(
                     f"receive: {where}: its certificate (serial {info.serial}, issued "
                     f"{info.not_before:%Y-%m-%d %H:%M}) is older than the live one (serial "
@@ -571,13 +572,13 @@ def _units(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
     return EXIT_OK
 
 
-def _write_metrics(deployer: Deployer, result: RunResult, settled: bool = True) -> None:
+def _write_metrics(deployer: Deployer, result: RunResult, settled: bool | None = None
+                   ) -> None:
     """After a run, under its lock: record its end (:mod:`.runlog`) and rewrite the
-    metrics file (if the config names one) with it. ``settled``: False when a spool
-    run left something it could not take (the path unit would start it again)."""
+    metrics file (if the config names one) with it. ``settled``: for a spool run,
+    whether it took everything there (else the path unit would start it again)."""
     path = deployer.config.metrics_file
-    runs = runlog.ended(deployer.config.state_dir, ok=result.ok and settled,
-                        metrics_file=path)
+    runs = runlog.ended(deployer.config.state_dir, settled=settled, metrics_file=path)
     if path is None:
         return
     from certbot_atomic_deploy import metrics  # only then: off the hook's start-up path

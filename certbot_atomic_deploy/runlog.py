@@ -11,11 +11,14 @@ have failed, and when the last one ended. It serves two things:
   ``last_run_timestamp_seconds`` and ``last_run_success`` are rewritten, so an
   alert on staleness or failure fires (the README gives the rule);
 - **a failing root run backs off**: ``deploy --spool`` is started by a path
-  unit whenever the spool is not empty; a run that fails before it takes the
-  markers (or leaves something it cannot take) would otherwise be started again
-  at once, several times a second, forever. Such a run first waits
-  ``min(5 s x 2^(failures-1), 300 s)`` from the end of the last one. A run that
-  succeeds clears the count. The certbot hook itself never waits.
+  unit whenever the spool is not empty; a spool run that fails before it takes
+  the markers (a config it cannot read, the lock) or leaves something it cannot
+  take would otherwise be started again at once, several times a second,
+  forever. The next spool run first waits ``min(5 s x 2^(n-1), 300 s)`` from
+  the end of the last one, ``n`` such runs in a row. A spool run that took
+  everything clears the count (a target that failed is pending in the state and
+  retried; the empty spool starts nothing). Other runs never wait and leave the
+  count alone.
 
 Nothing here ever fails a run: a state directory that is missing or cannot be
 written simply keeps no record (the run's own error says what is wrong).
@@ -90,14 +93,17 @@ def write(state_dir: str, runs: Runs) -> None:
         os.close(fd)
 
 
-def ended(state_dir: str, *, ok: bool, metrics_file: str | None = None,
+def ended(state_dir: str, *, settled: bool | None, metrics_file: str | None = None,
           known: bool = True) -> Runs:
-    """Record a run's end: the failure count grows or is cleared. ``known``: the run
-    read its config, so ``metrics_file`` (None: the config names none) replaces the
+    """Record a run's end. ``settled``: a spool run took everything (True) or did not
+    (False: the count grows); None for any other run (the count stays). ``known``: the
+    run read its config, so ``metrics_file`` (None: it names none) replaces the
     remembered one."""
     before = read(state_dir)
+    failures = (before.failures if settled is None else
+                0 if settled else before.failures + 1)
     runs = Runs(metrics_file=metrics_file if known else before.metrics_file,
-                failures=0 if ok else before.failures + 1, ended_at=time.time())
+                failures=failures, ended_at=time.time())
     if runs._replace(ended_at=0.0) != before._replace(ended_at=0.0):
         write(state_dir, runs)  # a run like the last one writes nothing: the hook's cost
     return runs

@@ -244,3 +244,60 @@ def test_a_session_stages_and_then_commits_that_version_only(receiver: Receiver)
         assert (receiver.out / "mail.pem").read_bytes() == before
     code, answers, _ = _session(receiver, _stage(4, _pems()))  # the end after a stage: fine
     assert (code, [a["action"] for a in answers]) == (0, ["stage"])
+
+
+# -- what a receiver refuses to stage (issue 23)
+
+def _leaf_pems(ca: bool, names: list[str]) -> dict[str, str]:
+    from tests.support.pki import issue, new_key
+    root_key, leaf_key = new_key(), new_key()
+    root = issue("test root", "test root", root_key.public_key(), root_key, ca=True)
+    leaf = issue("mail.example.org", "test root", leaf_key.public_key(), root_key, ca=ca,
+                 names=names)
+    return {"privkey": pem_of(leaf_key).decode(),
+            "cert": leaf.public_bytes(serialization.Encoding.PEM).decode(),
+            "chain": root.public_bytes(serialization.Encoding.PEM).decode()}
+
+
+@pytest.mark.parametrize("ca, names, message", [
+    (True, ["mail.example.org"], "a CA certificate (basicConstraints CA:TRUE)"),
+    (False, [], "no subjectAltName"),
+])
+def test_a_leaf_that_is_no_servers_certificate_is_not_staged(
+        receiver: Receiver, ca: bool, names: list[str], message: str) -> None:
+    code, answer, _err = receiver.send(_stage(1, _leaf_pems(ca, names)))
+    assert code != 0 and answer["ok"] is False and message in str(answer["error"])
+    assert not receiver.store.exists() or not list(receiver.store.rglob("*.pem"))
+
+
+def test_an_older_certificate_than_the_live_one_is_refused_unless_told_rollback(
+        receiver: Receiver) -> None:
+    older = _pems(days_valid=(-5, 90))
+    newer = _pems(days_valid=(-1, 90))
+    assert receiver.send(_stage(1, newer))[0] == 0
+    assert receiver.send(_commit(1))[0] == 0
+    live = (receiver.out / "mail.pem").read_bytes()
+    code, answer, err = receiver.send(_stage(2, older))
+    assert code == 2 and answer["ok"] is False
+    assert "is older than the live one" in str(answer["error"]) and "a downgrade" in err
+    assert not (receiver.store / "archive" / "mail" / "cert2.pem").exists()
+    code, answer, _ = receiver.send({**_stage(2, older), "rollback": True})
+    assert (code, answer["ok"]) == (0, True)
+    assert (receiver.out / "mail.pem").read_bytes() == live  # staged, not yet committed
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"[" * 100_000 + b"\n",  # nested past the parser's recursion limit
+    b'{"protocol": 1, "action": "stage", "lineage": "mail\\n", "version": 1}\n',
+])
+def test_a_request_nobody_should_send_is_one_json_refusal(receiver: Receiver,
+                                                          request_bytes: bytes) -> None:
+    code, answer, err = receiver.send(request_bytes)
+    assert code == 2 and answer["ok"] is False, err
+    assert "Traceback" not in err and "unexpected" not in err
+
+
+def test_a_refused_receiver_config_still_answers_one_json_line(receiver: Receiver) -> None:
+    receiver.conf.write_text("[mail]\nlineage = mail\npath = relative.pem\nformat = key\n")
+    code, answer, _err = receiver.send(_stage(1, _pems()))
+    assert code == 2 and answer["ok"] is False and "not an absolute path" in str(answer["error"])

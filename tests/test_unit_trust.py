@@ -234,3 +234,30 @@ def test_a_versioned_directory_holding_a_password_file_is_refused(tmp_path: Path
     with pytest.raises(ConfigError, match=r"\[ldap\] directory: .* would write over "
                                           r"\[tomcat\] password_file"):
         load(str(conf), str(tmp_path / "le"))
+
+
+# -- output nobody can forge
+
+@pytest.mark.parametrize("raw, shown", [
+    ("mail.example.org", "mail.example.org"),
+    ("x\n[postfix] published: FORGED", "x\\n[postfix] published: FORGED"),
+    ("\x1b[2J\r\t\x7f\x85", "\\x1b[2J\\r\\t\\x7f\\x85"),
+    ("caf\u00e9", "caf\u00e9"),  # printable non-ASCII stays readable
+    ("a\u202eb\u2028c", "a\\u202eb\\u2028c"),  # a bidi override, a line separator
+    (b"bad\xff".decode("utf-8", "surrogateescape"), "bad\\xff"),  # a non-UTF-8 file name
+])
+def test_outside_text_is_escaped_to_one_safe_line(raw: str, shown: str) -> None:
+    from daemon_keys.text import escape
+    assert escape(raw) == shown
+    assert escape(raw).isprintable()
+
+
+def test_an_error_naming_a_hostile_file_is_one_escaped_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from certbot_atomic_deploy import cli
+    hostile = tmp_path / "evil\n[postfix] published: FORGED\x1b[2J.conf"
+    code = cli.main(["--config-dir", str(tmp_path), "--config", str(hostile), "status"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "\x1b" not in err, err
+    assert "evil\\n[postfix] published: FORGED\\x1b[2J.conf" in err
