@@ -67,6 +67,8 @@ lineage = mail
 directory = {out}/versions
 group = {group}
 keep = 2
+# versions go once two newer ones exist (the default also waits a day for readers)
+keep_seconds = 0
 """)
     for sub in ("postfix", "haproxy"):
         (out / sub).mkdir(mode=0o755)

@@ -73,6 +73,7 @@ def _conf(root: Path) -> str:
     return f"""\
 [defaults]
 keep = 0
+keep_seconds = 0
 
 [file]
 lineage = mail
