@@ -85,12 +85,21 @@ lineage = NAME or domains = GLOB; path = FILE with format = key, cert, chain,
 fullchain, postfix (key, then the full chain), haproxy (full chain, then the key) or
 pkcs12 (with password_file), or directory = DIR (current -> vN/ holding every format);
 owner, group, mode (of files that hold the key; at most 0640); check and reload
-commands; timeout (seconds each command may run, default 300: then its whole process
-group is killed); reader (the daemon's user, who must be able to open the published key
-before any check or reload); keep; metrics_file (in [defaults] only: a node_exporter
-textfile rewritten by every run); issuers (in [defaults] only: a root-owned file of CA
+commands; timeout (seconds each command may run, default 300: then it and every process
+it started are killed); reader (the daemon's user, who must be able to open the published
+key before any check or reload); keep (older publishes kept for rollback, default 2);
+keep_seconds (a versioned directory: a version is removed only this long after it
+stopped being current, default 86400, so its readers have that long); metrics_file (in
+[defaults] only: a node_exporter textfile rewritten by every run, with last_run_success
+0 even when a run cannot read its config); issuers (in [defaults] only: a root-owned file of CA
 certificates each lineage's chain must end at); preset = postfix, dovecot, exim,
 haproxy, nginx, apache, ... A [defaults] section applies to every target.
+
+The config, every directory above it and every file it names must be root's (or the
+deploying user's) and writable by nobody else, counting POSIX ACL entries (a named
+user: or group: entry with w); a password file, a TSIG key and the ssh identity must
+also be readable by nobody else (the password file: but its group). A refusal names
+the entry and the fix (setfacl -b FILE). No target may write over one of these files.
 
 A host target (host = [USER@]HOST[:PORT] instead of path or directory) pushes its lineage
 over ssh to that host's receiver (certbot-atomic-deploy receive, the forced command of
@@ -118,7 +127,9 @@ are removed a TTL later."""),
 
 CONFIG_DIR/atomic-deploy.state/: state.json (what each target holds, for status and
 rollback, and the check, reload or push each still waits for: every later run, and
-reload-pending, runs it until it succeeds), kept/ and the run lock, mode 0700.
+reload-pending, runs it until it succeeds), kept/, runs.json (the last good run's
+metrics file; spool runs that failed in a row, for the backoff) and the run lock, mode
+0700.
 
 CONFIG_DIR/atomic-deploy.ssh/: the sender's ssh identity and pinned known_hosts."""),
     ("See also", "certbot(1), certbot-perms(1)"),
@@ -136,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "lineage.",
         epilog="Target keys: preset, lineage, domains, path | directory, format (key, cert, "
                "chain, fullchain, key+fullchain alias postfix, fullchain+key alias haproxy, "
-               "pkcs12 with password_file), owner, group, mode, check, reload, keep; or host "
+               "pkcs12 with password_file), owner, group, mode, check, reload, keep, keep_seconds; "
+               "or host "
                "(push over ssh to that host's receiver). See the README.")
     sub = parser.add_subparsers(dest="command")
     deploy = sub.add_parser("deploy", help="publish lineages to their targets")
