@@ -206,32 +206,23 @@ def test_a_target_over_the_config_itself_is_refused(tmp_path: Path) -> None:
         load(str(conf), str(tmp_path / "le"))
 
 
-def test_a_target_over_another_targets_password_file_is_refused(tmp_path: Path) -> None:
-    conf = _conf(tmp_path)
-    password = tmp_path / "keystore.pass"
-    password.write_text("s3cret-pass\n")
-    password.chmod(0o600)
-    second_name = tmp_path / "second-name"
-    os.link(password, second_name)  # the same file by another name: caught by identity
-    conf.write_text(f"[tomcat]\nlineage = mail\npath = {tmp_path}/out/k.p12\n"
-                    f"format = pkcs12\npassword_file = {password}\n"
-                    f"[other]\nlineage = mail\npath = {second_name}\nformat = key\n")
-    with pytest.raises(ConfigError, match=r"\[other\] path: .* would write over "
-                                          r"\[tomcat\] password_file"):
-        load(str(conf), str(tmp_path / "le"))
-
-
-def test_a_versioned_directory_holding_a_password_file_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("other", [
+    "path = {dir}/second-name\nformat = key",  # the same file by another name (a hard link)
+    "directory = {dir}",  # a versioned directory holding it: pruning could remove it
+])
+def test_a_target_over_another_targets_password_file_is_refused(tmp_path: Path,
+                                                                other: str) -> None:
     conf = _conf(tmp_path)
     tls = tmp_path / "tls"
     tls.mkdir()
-    password = tls / "keystore.pass"  # pruning old versions could remove it
+    password = tls / "keystore.pass"
     password.write_text("s3cret-pass\n")
     password.chmod(0o600)
+    os.link(password, tls / "second-name")
     conf.write_text(f"[tomcat]\nlineage = mail\npath = {tmp_path}/out/k.p12\n"
                     f"format = pkcs12\npassword_file = {password}\n"
-                    f"[ldap]\nlineage = mail\ndirectory = {tls}\n")
-    with pytest.raises(ConfigError, match=r"\[ldap\] directory: .* would write over "
+                    f"[other]\nlineage = mail\n{other.format(dir=tls)}\n")
+    with pytest.raises(ConfigError, match=r"\[other\] (path|directory): .* would write over "
                                           r"\[tomcat\] password_file"):
         load(str(conf), str(tmp_path / "le"))
 
