@@ -39,6 +39,7 @@ from certbot_atomic_deploy.report import (
     print_result,
     print_status,
 )
+from certbot_atomic_deploy.state import StateDir
 from daemon_keys.command import DEBUG_OPTION, add_global_options, run_reporting
 from daemon_keys.errors import (
     EXIT_FAILED,
@@ -261,19 +262,20 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         return _run(args, config_dir, config_path)
     # A run that writes state: its end is recorded even when it cannot read its config
     # (the metrics file says so; a spool run started again by the path unit backs off).
-    state_dir = state_dir_of(config_path)
     spool_run = args.command == "deploy" and args.spool is not None
     if spool_run:
-        wait = runlog.backoff_seconds(runlog.read(state_dir), time.time())
+        before = runlog.read(StateDir(state_dir_of(config_path)))
+        wait = runlog.backoff_seconds(before, time.time())
         if wait > 0:
-            say(f"{PROG}: WARNING: the last {runlog.read(state_dir).failures} spool run(s) "
-                f"failed or left the spool unemptied; waiting {wait:.0f} s before this one",
+            say(f"{PROG}: WARNING: the last {before.failures} spool run(s) failed or left "
+                f"the spool unemptied; waiting {wait:.0f} s before this one",
                 file=sys.stderr)
             time.sleep(wait)
     try:
         code = _run(args, config_dir, config_path)
     except KeysError:
-        runs = runlog.ended(state_dir, settled=False if spool_run else None, known=False)
+        runs = runlog.ended(StateDir(state_dir_of(config_path)),
+                            settled=False if spool_run else None, known=False)
         if runs.metrics_file:
             runlog.mark_failed_metrics(runs.metrics_file, runs.ended_at)
         raise
@@ -372,8 +374,8 @@ def _run(args: argparse.Namespace | SimpleNamespace, config_dir: str, config_pat
                         f"{': ' + ', '.join(taken) if taken else ''}")
             result = deployer.deploy(wanted, reload=not args.defer_reloads)
             result.warnings[:0] = skipped
-            _write_metrics(deployer, result,
-                           settled=not skipped if args.spool is not None else None)
+            spool_run = command is not None and args.spool is not None
+            _write_metrics(deployer, result, settled=not skipped if spool_run else None)
     if command is not None and not result.outcomes and not as_json:
         say(f"nothing to deploy: no target in {config.path} takes "
               f"{', '.join(sorted(wanted or ()))}")
@@ -590,7 +592,7 @@ def _write_metrics(deployer: Deployer, result: RunResult, settled: bool | None =
     metrics file (if the config names one) with it. ``settled``: for a spool run,
     whether it took everything there (else the path unit would start it again)."""
     path = deployer.config.metrics_file
-    runs = runlog.ended(deployer.config.state_dir, settled=settled, metrics_file=path)
+    runs = runlog.ended(deployer.state, settled=settled, metrics_file=path)
     if path is None:
         return
     from certbot_atomic_deploy import metrics  # only then: off the hook's start-up path

@@ -31,7 +31,8 @@ import os
 import time
 from typing import NamedTuple
 
-from daemon_keys.atomicfile import open_for_writing, write_file_atomic
+from certbot_atomic_deploy.state import StateDir
+from daemon_keys.atomicfile import write_file_atomic
 from daemon_keys.errors import KeysError
 from daemon_keys.fs import read_regular
 
@@ -58,11 +59,13 @@ def backoff_seconds(runs: Runs, now: float) -> float:
     return max(0.0, min(delay, runs.ended_at + delay - now))
 
 
-def read(state_dir: str) -> Runs:
+def read(state: StateDir) -> Runs:
     """The record, or an empty one when there is none (or it is not ours to trust)."""
     try:
-        fd = open_for_writing(state_dir)
+        fd = state.open_existing()
     except KeysError:
+        return Runs()
+    if fd is None:
         return Runs()
     try:
         _, data = read_regular(RUNS_FILE, dir_fd=fd, limit=MAX_RUNS_BYTES, where=RUNS_FILE)
@@ -77,35 +80,37 @@ def read(state_dir: str) -> Runs:
         os.close(fd)
 
 
-def write(state_dir: str, runs: Runs) -> None:
+def write(state: StateDir, runs: Runs) -> None:
     """Keep the record; silently not when the state directory is missing or unsafe."""
     try:
-        fd = open_for_writing(state_dir)
+        fd = state.open_existing()
     except KeysError:
+        return
+    if fd is None:
         return
     try:
         write_file_atomic(fd, RUNS_FILE, json.dumps(runs._asdict()).encode(),
                           uid=os.geteuid(), gid=os.getegid(), mode=RUNS_FILE_MODE,
-                          where=os.path.join(state_dir, RUNS_FILE))
+                          where=os.path.join(state.path, RUNS_FILE))
     except KeysError:
         pass
     finally:
         os.close(fd)
 
 
-def ended(state_dir: str, *, settled: bool | None, metrics_file: str | None = None,
+def ended(state: StateDir, *, settled: bool | None, metrics_file: str | None = None,
           known: bool = True) -> Runs:
     """Record a run's end. ``settled``: a spool run took everything (True) or did not
     (False: the count grows); None for any other run (the count stays). ``known``: the
     run read its config, so ``metrics_file`` (None: it names none) replaces the
     remembered one."""
-    before = read(state_dir)
+    before = read(state)
     failures = (before.failures if settled is None else
                 0 if settled else before.failures + 1)
     runs = Runs(metrics_file=metrics_file if known else before.metrics_file,
                 failures=failures, ended_at=time.time())
     if runs._replace(ended_at=0.0) != before._replace(ended_at=0.0):
-        write(state_dir, runs)  # a run like the last one writes nothing: the hook's cost
+        write(state, runs)  # a run like the last one writes nothing: the hook's cost
     return runs
 
 

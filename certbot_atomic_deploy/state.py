@@ -135,13 +135,38 @@ class StateDir:
         self._targets: dict[str, TargetState] | None = None
         self._dirty = False
         self._new_copies: dict[tuple[str, int], bytes] = {}  # written by flush
+        self._fd: int | None = None  # the directory, walked and checked once per run
 
     @property
     def file(self) -> str:
         return os.path.join(self.path, STATE_FILE)
 
     def _open(self) -> int:
-        return open_for_writing(self.path, create_mode=STATE_DIR_MODE)
+        """A descriptor of the directory (created if missing), the caller's to close. The
+        path is walked and checked once (:func:`open_for_writing`); later calls dup it."""
+        if self._fd is None:
+            self._fd = open_for_writing(self.path, create_mode=STATE_DIR_MODE)
+        return os.dup(self._fd)
+
+    def open_existing(self) -> int | None:
+        """Like :meth:`_open`, but None when the directory does not exist (nothing is
+        created: ``status`` and a run that cannot read its config make nothing)."""
+        if self._fd is None:
+            try:
+                self._fd = open_dir(self.path, writer_uid=os.geteuid())
+            except UnsafePathError:
+                if not os.path.lexists(self.path):
+                    return None
+                raise
+        return os.dup(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def create(self) -> None:
         """Make the directory if it is missing (``units``: a hardened service may
@@ -165,12 +190,9 @@ class StateDir:
     def _read(self) -> bytes | None:
         """``state.json`` through the checked directory, never following a link; None
         when there is no state yet."""
-        try:
-            fd = open_dir(self.path, writer_uid=os.geteuid())
-        except UnsafePathError:
-            if not os.path.lexists(self.path):
-                return None
-            raise
+        fd = self.open_existing()
+        if fd is None:
+            return None
         try:
             if not _exists(fd, STATE_FILE):
                 return None
