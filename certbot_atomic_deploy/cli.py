@@ -148,9 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "lineage.",
         epilog="Target keys: preset, lineage, domains, path | directory, format (key, cert, "
                "chain, fullchain, key+fullchain alias postfix, fullchain+key alias haproxy, "
-               "pkcs12 with password_file), owner, group, mode, check, reload, keep, keep_seconds; "
-               "or host "
-               "(push over ssh to that host's receiver). See the README.")
+               "pkcs12 with password_file), owner, group, mode, check, reload, keep, "
+               "keep_seconds; or host (push over ssh to that host's receiver). See the README.")
     sub = parser.add_subparsers(dest="command")
     deploy = sub.add_parser("deploy", help="publish lineages to their targets")
     which = deploy.add_mutually_exclusive_group()
@@ -557,18 +556,13 @@ def _tlsa_owner(deployer: Deployer, lineage: str) -> str:
 
 def _units(args: argparse.Namespace | SimpleNamespace, deployer: Deployer,
            config_dir: str) -> int:
-    import pwd
-
     from certbot_atomic_deploy.units import all_units, write_units
+    from daemon_keys.keyspec import resolve_user
 
-    try:
-        if pwd.getpwnam(args.user).pw_uid == 0:
-            raise UsageError(f"units --user {args.user}: that is root; certbot's side must "
-                             "run as a user of its own (e.g. --user certbot)")
-    except KeyError:
-        raise UsageError(f"units --user {args.user}: no such user (create it first: useradd "
-                         f"--system --home-dir /var/lib/letsencrypt --shell /usr/sbin/nologin "
-                         f"{args.user})") from None
+    # A name that exists, or a numeric uid (systemd takes User=994), as chown(1) does.
+    if resolve_user(args.user, "units --user")[0] == 0:
+        raise UsageError(f"units --user {args.user}: that is root; certbot's side must run "
+                         "as a user of its own (e.g. --user certbot)")
     program = os.path.abspath(sys.argv[0])
     if os.path.basename(program) != PROG:  # python -m certbot_atomic_deploy
         program = PROG

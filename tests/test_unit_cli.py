@@ -375,7 +375,9 @@ def test_a_spec_record_that_is_not_a_file_is_one_line_saying_so(
 @pytest.mark.parametrize("argv, message", [
     (["deploy", "--lineage", ""], "deploy --lineage '': not a lineage name"),
     (["deploy", "--lineage", "../etc"], "deploy --lineage '../etc': not a lineage name"),
-    (["units", "--user", "no-such-user-cdk"], "units --user no-such-user-cdk: no such user"),
+    (["units", "--user", "no-such-user-cdk"],
+     "units --user: user 'no-such-user-cdk' does not exist"),
+    (["units", "--user", "root"], "units --user root: that is root"),
 ])
 def test_a_command_that_would_do_nothing_says_why_and_exits_2(
         own_site: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
