@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -34,10 +35,11 @@ def test_a_default_acl_on_the_destination_never_lets_its_group_read_the_key(
 
 
 def test_an_acl_added_to_a_published_key_is_noticed_and_taken_away(site: Path) -> None:
-    basic_conf(site)
+    basic_conf(site, "mode = 0640")
     assert deploy(site / "le", "deploy", "--all").returncode == 0
     published = site / "out" / "mail.pem"
     subprocess.run(["setfacl", "-m", f"u:{NOBODY}:r", str(published)], check=True)
+    assert stat.S_IMODE(published.stat().st_mode) == 0o640  # the mode bits look the same
     assert run_as(NOBODY, NOBODY, None, "cat", str(published)).returncode == 0  # it leaks
     status = deploy(site / "le", "status", "--json")
     assert status.returncode == 1

@@ -450,7 +450,8 @@ def test_one_certbot_renew_of_many_lineages_reloads_once_with_the_post_hook(
 
 # -- monitoring that needs no log reading
 
-_SAMPLE = re.compile(r'^(certbot_atomic_deploy_[a-z_]+)\{((?:[a-z_]+="(?:[^"\\]|\\.)*",?)*)\} '
+# A sample: a name, its labels (none for the run's own samples), a value.
+_SAMPLE = re.compile(r'^(certbot_atomic_deploy_[a-z_]+)(?:\{((?:[a-z_]+="(?:[^"\\]|\\.)*",?)*)\})? '
                      r'(-?[0-9.e+]+)$')
 
 
@@ -462,7 +463,7 @@ def _metrics(path: Path) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
             continue
         match = _SAMPLE.match(line)
         assert match, line
-        labels = frozenset(re.findall(r'([a-z_]+)="((?:[^"\\]|\\.)*)"', match.group(2)))
+        labels = frozenset(re.findall(r'([a-z_]+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
         samples[(match.group(1), labels)] = float(match.group(3))
     return samples
 
@@ -508,11 +509,13 @@ format = cert
     assert samples[("certbot_atomic_deploy_target_last_result",
                     postfix | {("result", "published")})] == 1
     assert b"PRIVATE KEY" not in prom.read_bytes()
+    assert samples[("certbot_atomic_deploy_last_run_success", frozenset())] == 0
     # The reload works now: the next run runs it, and the file says so.
     flag.touch()
     (site / "out" / "missing-dir").mkdir()
     assert deploy(site / "le", "deploy", "--all").returncode == 0
     samples = _metrics(prom)
+    assert samples[("certbot_atomic_deploy_last_run_success", frozenset())] == 1
     assert samples[("certbot_atomic_deploy_target_pending",
                     postfix | {("what", "reload")})] == 0
     assert samples[("certbot_atomic_deploy_target_in_sync", postfix)] == 1
