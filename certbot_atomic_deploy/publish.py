@@ -8,9 +8,10 @@ File: :func:`daemon_keys.atomicfile.write_file_atomic` on the destination.
 Versioned directory ``DIR`` (``DIR/current -> vN``):
 
 1. remove what a killed run left (``.vN.*.tmp`` directories, ``.current.*.tmp`` links);
-2. create ``DIR/.vN.<random>.tmp`` mode 0700, invisible to readers, and take away
-   the access and default ACL it inherited from ``DIR`` (so neither it nor the
-   files made in it let in anyone their mode does not);
+2. create ``DIR/.vN.<random>.tmp`` mode 0700, invisible to readers, and at once
+   (its inherited mask still lets nobody in) take away the access and default ACL
+   it inherited from ``DIR``, so neither it nor the files made in it let in anyone
+   their mode does not;
 3. create each file in it with :func:`daemon_keys.atomicfile.write_new_file` (owner and
    mode before the first byte, fsync);
 4. chmod the version directory 0755 (each key file keeps its own mode), fsync

@@ -98,10 +98,12 @@ def clear(fd: int, *, directory: bool = False) -> bool:
     keeping the mode bits as they are; True if there was one.
 
     A file created in a directory with a default ACL inherits it: named entries
-    that, once the mode is set, let in whoever the directory's owner listed.
-    Call it after the final ``fchmod`` and before the first byte: the mode then
-    says exactly who may read. Removing the access ACL xattr makes the kernel
-    treat the group bits of the mode (the mask until now) as the owning group's.
+    that, once the mode is widened, let in whoever the directory's owner listed.
+    Call it right after creating the file 0600 (or a directory 0700), when the
+    inherited mask still lets those entries do nothing, and before the final
+    ``fchmod``: the mode then says exactly who may read. Removing the access ACL
+    xattr makes the kernel treat the group bits of the mode (the mask until now)
+    as the owning group's.
     """
     changed = False
     for name in (ACL_XATTR, DEFAULT_XATTR) if directory else (ACL_XATTR,):

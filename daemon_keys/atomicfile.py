@@ -20,11 +20,13 @@ Steps (marked ``# (N)`` in the body):
    ``O_CREAT|O_EXCL|O_NOFOLLOW`` and mode 0600: a planted file or symlink at
    that name makes the open fail (and another name is tried), it never
    redirects the write.
-3. ``fchown`` then ``fchmod`` the descriptor to the final owner and mode while
-   the file is still empty, then take away any access ACL it inherited from
-   the directory's default ACL (named entries the mode would otherwise let
-   in): the mode alone says who may read. (The chown is done first: the kernel
-   clears setuid/setgid bits on chown, and the mode must be the last word.)
+3. Take away any access ACL the file inherited from the directory's default
+   ACL (while it is still 0600 its mask lets the named entries do nothing;
+   after the final ``fchmod`` they could open it, and an open descriptor
+   outlives any later change), then ``fchown`` and ``fchmod`` the descriptor to
+   the final owner and mode while the file is still empty: the mode alone says
+   who may read. (The chown is done first: the kernel clears setuid/setgid
+   bits on chown, and the mode must be the last word.)
 4. Write every byte, then ``fsync`` the file.
 5. ``rename`` the temp name over the destination (atomic for readers).
 6. ``fsync`` the directory, so the rename itself is durable.
@@ -121,12 +123,11 @@ def _fill(fd: int, data: bytes, *, uid: int, gid: int, mode: int, where: str) ->
     try:
         # The file was created 0600 (umask can only narrow that); chown first,
         # as the kernel clears setuid/setgid on chown, then the final mode.
+        acl.clear(fd)  # inherited from a default ACL, masked to nothing while 0600
         st = os.fstat(fd)
         if (st.st_uid, st.st_gid) != (uid, gid):
             os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
-        if acl.clear(fd):  # inherited from a default ACL: the mode is the spec
-            os.fchmod(fd, mode)
     except OSError as exc:
         raise write_failed(where, f"setting owner {uid}:{gid} and mode {mode:04o}",
                            exc) from None
