@@ -36,8 +36,8 @@ from typing import BinaryIO, NamedTuple
 
 from certbot_atomic_deploy.pem import KINDS, Material, parse_blocks
 from daemon_keys.atomicfile import open_for_writing, write_file_atomic
-from daemon_keys.errors import KeysError, UsageError, ValidationError, reason
-from daemon_keys.fs import make_temp, open_dir, read_regular
+from daemon_keys.errors import KeysError, UsageError, ValidationError
+from daemon_keys.fs import exists_at, make_temp, open_dir, read_regular
 
 PROTOCOL = 1
 MAX_REQUEST_BYTES = 1 << 20
@@ -191,7 +191,7 @@ def commit(store: str, name: str, version: int) -> None:
         raise UsageError(f"receive: {name} v{version} was never staged here; stage it "
                          "first") from None
     try:
-        missing = [k for k in KINDS if not _exists(archive_fd, f"{k}{version}.pem")]
+        missing = [k for k in KINDS if not exists_at(archive_fd, f"{k}{version}.pem")]
     finally:
         os.close(archive_fd)
     if missing:
@@ -274,15 +274,6 @@ def _live_version(store: str, name: str) -> int | None:
     match = re.search(r"privkey([0-9]+)\.pem\Z", target)
     return int(match.group(1)) if match else None
 
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise KeysError(f"{name}: {reason(exc)}") from None
-    return True
 
 
 def answer(ok: bool, **fields: object) -> str:

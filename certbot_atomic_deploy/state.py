@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from daemon_keys.atomicfile import open_for_writing, write_file_atomic, write_new_file
 from daemon_keys.errors import KeysError, LockError, UnsafePathError, write_failed
-from daemon_keys.fs import READ_DIR, Leftovers, open_dir, read_regular
+from daemon_keys.fs import READ_DIR, Leftovers, exists_at, open_dir, read_regular
 from daemon_keys.trust import file_check
 
 STATE_DIR_MODE = 0o700
@@ -194,7 +194,7 @@ class StateDir:
         if fd is None:
             return None
         try:
-            if not _exists(fd, STATE_FILE):
+            if not exists_at(fd, STATE_FILE):
                 return None
             return read_regular(STATE_FILE, dir_fd=fd, limit=MAX_STATE_BYTES, where=self.file,
                                 error=KeysError,
@@ -356,13 +356,6 @@ class StateDir:
         finally:
             os.close(lock_fd)  # closing releases the flock
 
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _legacy_bytes(text: str) -> bytes:

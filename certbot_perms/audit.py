@@ -121,8 +121,7 @@ def _tighten_to_owner(dir_fd: int, name: str) -> None:
     if fd is None:
         return
     try:
-        if acl.named_entries(fd):
-            os.removexattr(fd, acl.ACL_XATTR)
+        acl.clear(fd)
         st = os.fstat(fd)
         os.fchmod(fd, stat.S_IMODE(st.st_mode) & (stat.S_IRUSR | stat.S_IWUSR))
     finally:
@@ -235,8 +234,7 @@ def _audit_accounts(root_fd: int, config_dir: str, fix: bool, out: list[Finding]
                     finding = Finding(path, f"account key mode {mode:04o} is readable beyond "
                                             "its owner (expected 0400 or 0600)")
                     if fix:
-                        if acl.named_entries(fd):
-                            os.removexattr(fd, acl.ACL_XATTR)
+                        acl.clear(fd)
                         os.fchmod(fd, mode & (stat.S_IRUSR | stat.S_IWUSR))
                         finding.fixed = True
                     out.append(finding)

@@ -149,7 +149,7 @@ def apply_to_key(dir_fd: int, name: str, spec: KeySpec, shown: str,
         if before == after and not had_acl:
             return
         if had_acl:
-            os.removexattr(fd, acl.ACL_XATTR)  # (2)
+            acl.clear(fd)  # (2)
         narrow = _narrowed_mode(st, spec)
         if narrow != before[2]:
             os.fchmod(fd, narrow)  # (3)

@@ -23,8 +23,9 @@ import stat
 from collections.abc import Callable
 from typing import TypeVar
 
+from daemon_keys.acl import read_acl
 from daemon_keys.errors import KeysError, UnsafePathError, UsageError, reason, write_failed
-from daemon_keys.trust import fix_hint, read_acl, unsafe_reason
+from daemon_keys.trust import fix_hint, unsafe_reason
 
 T = TypeVar("T")
 
@@ -185,6 +186,18 @@ def read_regular(name: str, *, dir_fd: int | None = None, limit: int, where: str
     if len(data) > limit:
         raise error(f"{where}: larger than {limit} bytes; not what belongs here")
     return st, data
+
+
+def exists_at(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` exists in the directory ``dir_fd`` (a symlink is not followed).
+    Any error but "no such file" is one :class:`KeysError` naming it."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise KeysError(f"{name}: {reason(exc)}") from None
+    return True
 
 
 def require_dir(path: str, missing: str) -> None:

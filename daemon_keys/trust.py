@@ -32,39 +32,17 @@ from collections.abc import Callable, Iterable
 
 from daemon_keys import acl
 from daemon_keys.errors import KeysError
+from daemon_keys.keyspec import name_of_gid, name_of_uid
 
 ACL_FIX = "setfacl -b {path}"
-
-
-def _user(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group(gid: int) -> str:
-    import grp
-
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def entry_text(entry: acl.AclEntry, perm: int | None = None) -> str:
     """``user:alice:rw-`` (with the effective ``perm`` when given)."""
     shown = entry if perm is None else acl.AclEntry(entry.tag, entry.qualifier, perm)
-    name = (_user(entry.qualifier) if entry.tag == acl.USER
-            else _group(entry.qualifier) if entry.tag == acl.GROUP else "")
+    name = (name_of_uid(entry.qualifier) if entry.tag == acl.USER
+            else name_of_gid(entry.qualifier) if entry.tag == acl.GROUP else "")
     return acl.describe(shown, name)
-
-
-def read_acl(fd: int) -> list[acl.AclEntry] | None:
-    """The access ACL of ``fd`` (None: mode bits only, or no ACL support)."""
-    return acl.read_acl(fd)
 
 
 def unsafe_reason(st: os.stat_result, trusted_uids: Iterable[int], *, last: bool,
@@ -130,7 +108,7 @@ def file_check(where: str, error: type[KeysError], *, stakes: str,
     trusted = {os.geteuid(), *trusted_uids}
 
     def check(fd: int, st: os.stat_result) -> None:
-        entries = read_acl(fd)
+        entries = acl.read_acl(fd)
         why = unsafe_reason(st, trusted, last=True, entries=entries)
         if why is not None:
             fix = fix_hint(why, where, "chown root: FILE; chmod go-w FILE")
